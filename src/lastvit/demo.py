@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -78,8 +77,14 @@ def _test_batches(ds, n: int, batch: int = 128):
 
 @torch.no_grad()
 def evaluate_readout(model, ds, *, num_images: int, out: Path, tag: str,
-                     fractions=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9)) -> dict[str, Any]:
-    """Every diagnostic of the demo for one trained model on the held-out split; figures go to ``out``."""
+                     fractions=(0.0, 0.1, 0.3, 0.5, 0.7, 0.9), predict: Any = "head",
+                     masking: bool = True) -> dict[str, Any]:
+    """Every diagnostic of the demo for one trained model on the held-out split.
+
+    ``predict`` maps pooled tokens to class logits for the accuracy: ``"head"`` is the model's own head, a callable
+    anything else (a zero-shot classifier), ``None`` skips the accuracy. ``masking=False`` skips the masking probe
+    (it needs the model's own head). The pooled test features and labels come back as ``_features`` / ``_labels``.
+    """
     from lastvit.analysis.distributions import score_distributions
     from lastvit.analysis.masking import run_masking_probe
     from lastvit.analysis.norms import outlier_stats, token_norms
@@ -87,12 +92,17 @@ def evaluate_readout(model, ds, *, num_images: int, out: Path, tag: str,
     from lastvit.analysis.scores import patch_scores
 
     model.eval()
-    correct, total, scores, fg, final_norms, block_norms = 0, 0, [], [], [], []
+    if predict == "head":
+        predict = model.forward_head
+    correct, total, scores, fg, final_norms, block_norms, feats, labels = 0, 0, [], [], [], [], [], []
     for b in _test_batches(ds, num_images):
         s, rec = patch_scores(model, b["image"])
-        logits = model.forward_head(rec.pooled)
-        correct += int((logits.argmax(1) == torch.as_tensor(b["label"])).sum())
-        total += len(b["label"])
+        y = torch.as_tensor(b["label"])
+        if predict is not None:
+            correct += int((predict(rec.pooled).argmax(1) == y).sum())
+        total += len(y)
+        feats.append(rec.pooled.float())
+        labels.append(y)
         scores.append(s)
         fg.append(foreground_patches(b["boxes"], rec.grid, image_size=b["image"].shape[-2:],
                                      patch_size=model.patch_size, masks=b["mask"]))
@@ -105,10 +115,10 @@ def evaluate_readout(model, ds, *, num_images: int, out: Path, tag: str,
     final_norms, last_block = torch.cat(final_norms), torch.cat(block_norms)
     out_final = outlier_stats(final_norms, foreground=fg)
     out_block = outlier_stats(last_block, foreground=fg)
-    probe = run_masking_probe(model, _test_batches(ds, min(num_images, 256)), fractions=fractions, mode="pixel",
-                              fill="mean")
+    probe = (run_masking_probe(model, _test_batches(ds, min(num_images, 256)), fractions=fractions, mode="pixel",
+                               fill="mean") if masking else None)
     return {
-        "accuracy": correct / max(total, 1),
+        "accuracy": correct / max(total, 1) if predict is not None else None,
         "pib": pib["pib"],
         "pib_center": pib["pib_center"],
         "pib_mask": pib.get("pib_mask"),
@@ -122,8 +132,11 @@ def evaluate_readout(model, ds, *, num_images: int, out: Path, tag: str,
         "norm_block_median": float(last_block.median()),
         "norm_block_max": float(last_block.max()),
         "outliers_last_block": {k: out_block[k] for k in _OUTLIER_KEYS if k in out_block},
-        "masking": {k: probe[k] for k in ("fractions", "num_removed", "accuracy", "num_patches") if k in probe},
+        "masking": ({k: probe[k] for k in ("fractions", "num_removed", "accuracy", "num_patches") if k in probe}
+                    if probe is not None else None),
         "_dist": dist,
+        "_features": torch.cat(feats),
+        "_labels": torch.cat(labels),
         "_norms": final_norms,
         "_block_norms": last_block,
         "_probe": probe,
@@ -144,8 +157,9 @@ def _figures(models: dict[str, Any], results: dict[str, dict[str, Any]], ds, out
             b["image"], s, out / f"scores_{name}.png", boxes=b["boxes"], mean=mean, std=std,
             suptitle=f"patch scores, {name} readout (white: top patch; green: box)")
         figs[f"hist_{name}"] = F.plot_fg_bg_hist(results[name]["_dist"], out / f"hist_{name}.png", title=name)
-        figs[f"masking_{name}"] = F.plot_masking_curves(results[name]["_probe"], out / f"masking_{name}.png",
-                                                        title=f"masking probe, {name}")
+        if results[name].get("_probe") is not None:
+            figs[f"masking_{name}"] = F.plot_masking_curves(results[name]["_probe"], out / f"masking_{name}.png",
+                                                            title=f"masking probe, {name}")
     figs["norms"] = F.plot_norm_hist({n: r["_block_norms"] for n, r in results.items()}, out / "norms.png",
                                      title="patch-token norms at the last block output (before the final norm)")
     if "lazystrike" in models:
@@ -154,98 +168,131 @@ def _figures(models: dict[str, Any], results: dict[str, dict[str, Any]], ds, out
     return figs
 
 
-def _interpret(res: dict[str, dict[str, Any]], num_classes: int) -> str:
+def _interpret(res: dict[str, dict[str, Any]], num_classes: int, paradigm: str = "label") -> str:
+    from lastvit.paradigms import ACCURACY_NAMES
+
     c, z = res["cls"], res["lazystrike"]
     d_pib = 100 * (z["pib"] - c["pib"])
     d_acc = 100 * (z["accuracy"] - c["accuracy"])
     verdict = ("LazyStrike raised Point-in-Box" if d_pib > 2 else
                "LazyStrike lowered Point-in-Box" if d_pib < -2 else "Point-in-Box barely moved")
-    drop_hi = lambda r: r["masking"]["accuracy"]["high"][-2] if "high" in r["masking"]["accuracy"] else math.nan
-    drop_lo = lambda r: r["masking"]["accuracy"]["low"][-2] if "low" in r["masking"]["accuracy"] else math.nan
     chance = 1.0 / max(num_classes, 1)
     caveat = ""
     if max(c["accuracy"], z["accuracy"]) < 2 * chance:
-        caveat = (f"CAUTION: both models are near chance accuracy ({100 * chance:.0f}%), so the diagnostics below "
-                  f"describe untrained features, not lazy aggregation; train longer (trainer.max_steps=...). ")
-    return caveat + (
-        f"{verdict} ({100 * c['pib']:.1f}% -> {100 * z['pib']:.1f}%, {d_pib:+.1f} points) at "
-        f"{'similar' if abs(d_acc) < 3 else 'different'} accuracy ({100 * c['accuracy']:.1f}% -> "
-        f"{100 * z['accuracy']:.1f}%). PiB is the share of test images whose most CLS-like patch (highest cosine "
-        f"with the global representation) lies on the object; a lazy model scores background patches highest. "
-        f"Patch scores separate foreground from background with AUROC {c['score_auroc']:.2f} (CLS) vs "
-        f"{z['score_auroc']:.2f} (LazyStrike); above 0.5 means object patches look more like the global token. "
-        f"Masking probe at the second-largest level: removing the highest-scoring patches leaves "
-        f"{100 * drop_hi(c):.0f}% (CLS) / {100 * drop_hi(z):.0f}% (LazyStrike) accuracy, removing the lowest-scoring "
-        f"leaves {100 * drop_lo(c):.0f}% / {100 * drop_lo(z):.0f}%: in a lazy model the high-score patches do not "
-        f"matter for the decision. Largest last-block patch norm: {c['norm_block_max']:.1f} (CLS) vs "
-        f"{z['norm_block_max']:.1f} (LazyStrike), median {c['norm_block_median']:.1f} vs "
-        f"{z['norm_block_median']:.1f}. One seed of a miniature; docs/RESULTS.md says what the miniature has and has "
-        f"not shown so far."
+        caveat = (f"CAUTION: both models are near chance ({ACCURACY_NAMES[paradigm]}, chance {100 * chance:.0f}%), "
+                  f"so the diagnostics below describe barely trained features, not lazy aggregation; train longer "
+                  f"(trainer.max_steps=... / trainer.max_epochs=...). ")
+    text = caveat + (
+        f"{paradigm.capitalize()} supervision. {verdict} ({100 * c['pib']:.1f}% -> {100 * z['pib']:.1f}%, "
+        f"{d_pib:+.1f} points) at {'similar' if abs(d_acc) < 3 else 'different'} {ACCURACY_NAMES[paradigm]} "
+        f"({100 * c['accuracy']:.1f}% -> {100 * z['accuracy']:.1f}%). PiB is the share of test images whose most "
+        f"CLS-like patch (highest cosine with the global representation) lies on the object; a lazy model scores "
+        f"background patches highest. Patch scores separate foreground from background with AUROC "
+        f"{c['score_auroc']:.2f} (CLS) vs {z['score_auroc']:.2f} (LazyStrike); above 0.5 means object patches look "
+        f"more like the global token. ")
+    if c.get("masking") and z.get("masking") and "high" in c["masking"]["accuracy"]:
+        hi = lambda r: r["masking"]["accuracy"]["high"][-2]
+        lo = lambda r: r["masking"]["accuracy"]["low"][-2]
+        text += (f"Masking probe at the second-largest level: removing the highest-scoring patches leaves "
+                 f"{100 * hi(c):.0f}% (CLS) / {100 * hi(z):.0f}% (LazyStrike) accuracy, removing the lowest-scoring "
+                 f"leaves {100 * lo(c):.0f}% / {100 * lo(z):.0f}%: in a lazy model the high-score patches do not "
+                 f"matter for the decision. ")
+    return text + (
+        f"Largest last-block patch norm: {c['norm_block_max']:.1f} (CLS) vs {z['norm_block_max']:.1f} (LazyStrike), "
+        f"median {c['norm_block_median']:.1f} vs {z['norm_block_median']:.1f}. One seed of a miniature; "
+        f"docs/RESULTS.md says what the miniature has and has not shown over several seeds."
     )
 
 
-def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 0, test_images: int | None = None,
-             overrides: dict[str, Any] | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Train CLS and LazyStrike twins on the synthetic benchmark and write the comparison report into ``out``."""
-    from lastvit.data.synthetic import SyntheticConfig, SyntheticDataset
-    from lastvit.train import fit
+def run_demo(out: str | Path = "runs/demo", *, paradigm: str = "label", quick: bool = False, seed: int = 0,
+             test_images: int | None = None, overrides: dict[str, Any] | None = None,
+             verbose: bool = True) -> dict[str, Any]:
+    """Train CLS and LazyStrike twins on the synthetic benchmark and write the comparison report into ``out``.
 
-    out = Path(out)
+    ``paradigm``: ``label`` (the default demo), ``text`` (CLIP on the captions), ``self`` (DINO) or ``all`` (the
+    three in turn, into ``out/<paradigm>``, plus a combined ``summary.md``); see :mod:`lastvit.paradigms`.
+    """
+    from lastvit.paradigms import PARADIGMS
+
+    if paradigm == "all":
+        t0 = time.time()
+        parts = {p: run_demo(Path(out) / p, paradigm=p, quick=quick, seed=seed, test_images=test_images,
+                             overrides=None, verbose=verbose) for p in PARADIGMS}
+        lines = ["| paradigm | accuracy metric | CLS acc (%) | LazyStrike acc (%) | CLS PiB (%) | LazyStrike PiB (%) |",
+                 "|---|---|---|---|---|---|"]
+        for p, m in parts.items():
+            c, z = m["readouts"]["cls"], m["readouts"]["lazystrike"]
+            lines.append(f"| {p} | {c['accuracy_name']} | {100 * c['accuracy']:.1f} | {100 * z['accuracy']:.1f} | "
+                         f"{100 * c['pib']:.1f} | {100 * z['pib']:.1f} |")
+        table = "\n".join(lines) + "\n"
+        write_atomic(Path(out) / "summary.md", f"# lastvit demo, all paradigms (seed {seed})\n\n{table}\n"
+                     f"Reports: {', '.join(f'{p}/report.html' for p in PARADIGMS)}\n")
+        if verbose:
+            print(f"\n{table}\nall paradigms: {time.time() - t0:.0f} s; reports in {out}/<paradigm>/report.html")
+        return {"paradigms": parts, "table": table}
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {', '.join(PARADIGMS)} or 'all'")
+    return _run_paradigm(Path(out), paradigm, quick=quick, seed=seed, test_images=test_images,
+                         overrides=overrides, verbose=verbose)
+
+
+def _run_paradigm(out: Path, paradigm: str, *, quick: bool, seed: int, test_images: int | None,
+                  overrides: dict[str, Any] | None, verbose: bool) -> dict[str, Any]:
+    from lastvit.data.synthetic import SyntheticConfig, SyntheticDataset
+    from lastvit.paradigms import ACCURACY_NAMES, run_one
+
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n_test = test_images or (256 if quick else 1000)
     models, results, recipes, timings = {}, {}, {}, {}
     for agg in READOUTS:
-        cfg = demo_recipe(agg, out=str(out / agg), seed=seed, quick=quick, overrides=overrides)
-        if verbose:
-            print(f"[demo] training the {agg} readout: {cfg['model']['name']}, "
-                  f"{cfg['trainer']['max_steps']} steps of {cfg['data']['global_batch']} images", flush=True)
-        t = time.time()
-        models[agg] = fit(cfg)["model"]
-        timings[f"train_{agg}_s"] = round(time.time() - t, 1)
-        recipes[agg] = cfg
-    syn = dict(DEMO_RECIPE["data"]["synthetic"], seed=seed)
+        r = run_one(paradigm, agg, out=out / agg, seed=seed, quick=quick, overrides=overrides, test_images=n_test,
+                    verbose=verbose)
+        models[agg], recipes[agg] = r["model"], r["recipe"]
+        results[agg] = {**r["metrics"], **r["private"]}
+        timings[f"train_{agg}_s"], timings[f"eval_{agg}_s"] = r["seconds"]["train"], r["seconds"]["eval"]
+    syn = dict(recipes["cls"]["data"]["synthetic"])
     ds = SyntheticDataset(SyntheticConfig(**syn), "test", size=n_test)
-    for agg, m in models.items():
-        t = time.time()
-        results[agg] = evaluate_readout(m, ds, num_images=n_test, out=out, tag=agg)
-        timings[f"eval_{agg}_s"] = round(time.time() - t, 1)
     figs = _figures(models, results, ds, out)
     timings["total_s"] = round(time.time() - t0, 1)
 
     public = {a: {k: v for k, v in r.items() if not k.startswith("_")} for a, r in results.items()}
-    metrics = {"readouts": public, "test_images": n_test, "seed": seed, "quick": quick, "timings": timings,
-               "recipes": recipes, "synthetic": syn}
+    metrics = {"paradigm": paradigm, "readouts": public, "test_images": n_test, "seed": seed, "quick": quick,
+               "timings": timings, "recipes": recipes, "synthetic": syn}
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
-    summary = _interpret(results, int(syn.get("num_classes", 10)))
+    summary = _interpret(results, int(syn.get("num_classes", 10)), paradigm)
 
-    header = ["metric", "CLS", "LazyStrike"]
+    c, z = public["cls"], public["lazystrike"]
     rows = [
-        ["accuracy (%)", 100 * public["cls"]["accuracy"], 100 * public["lazystrike"]["accuracy"]],
-        ["PiB, any-overlap (%)", 100 * public["cls"]["pib"], 100 * public["lazystrike"]["pib"]],
-        ["PiB, patch centre (%)", 100 * public["cls"]["pib_center"], 100 * public["lazystrike"]["pib_center"]],
-        ["score AUROC fg > bg", public["cls"]["score_auroc"], public["lazystrike"]["score_auroc"]],
-        ["last-block norm, median", public["cls"]["norm_block_median"], public["lazystrike"]["norm_block_median"]],
-        ["last-block norm, max", public["cls"]["norm_block_max"], public["lazystrike"]["norm_block_max"]],
-        ["high-norm outliers (%)", 100 * public["cls"]["outliers_last_block"]["outlier_fraction"],
-         100 * public["lazystrike"]["outliers_last_block"]["outlier_fraction"]],
+        [f"{ACCURACY_NAMES[paradigm]} (%)", 100 * c["accuracy"], 100 * z["accuracy"]],
+        ["PiB, any-overlap (%)", 100 * c["pib"], 100 * z["pib"]],
+        ["PiB, patch centre (%)", 100 * c["pib_center"], 100 * z["pib_center"]],
+        ["score AUROC fg > bg", c["score_auroc"], z["score_auroc"]],
+        ["last-block norm, median", c["norm_block_median"], z["norm_block_median"]],
+        ["last-block norm, max", c["norm_block_max"], z["norm_block_max"]],
+        ["high-norm outliers (%)", 100 * c["outliers_last_block"]["outlier_fraction"],
+         100 * z["outliers_last_block"]["outlier_fraction"]],
     ]
-    rep = Report("lastvit demo: CLS readout vs LazyStrike on the synthetic benchmark")
+    what = {"label": "label", "text": "text (CLIP on the captions)", "self": "self (DINO)"}[paradigm]
+    rep = Report(f"lastvit demo: CLS readout vs LazyStrike on the synthetic benchmark, {what} supervision")
     rep.paragraph(summary, note=True)
     rep.heading("Numbers (held-out split)")
-    rep.table(header, rows)
-    rep.paragraph(f"{n_test} test images, seed {seed}, model {recipes['cls']['model']['name']}, "
-                  f"{recipes['cls']['trainer']['max_steps']} steps of {recipes['cls']['data']['global_batch']} "
-                  f"images per readout; total {timings['total_s']:.0f} s.")
+    rep.table(["metric", "CLS", "LazyStrike"], rows)
+    tr = recipes["cls"]["trainer"]
+    budget = f"{tr['max_epochs']} epochs" if paradigm == "self" else f"{tr['max_steps']} steps"
+    name = recipes["cls"]["model"].get("name") or recipes["cls"]["model"].get("vision")
+    rep.paragraph(f"{n_test} test images, seed {seed}, image model {name}, {budget} per readout; "
+                  f"total {timings['total_s']:.0f} s.")
     rep.heading("Patch scores (Eq. 3)")
-    for name in models:
-        rep.figure(figs[f"scores_{name}"], f"{name} readout: cosine of each patch with the global representation")
+    for n in models:
+        rep.figure(figs[f"scores_{n}"], f"{n} readout: cosine of each patch with the global representation")
     rep.heading("Score distributions, foreground vs background (paper Fig. 2a)")
-    for name in models:
-        rep.figure(figs[f"hist_{name}"], f"{name} readout")
-    rep.heading("Masking probe (paper Fig. 2b)")
-    for name in models:
-        rep.figure(figs[f"masking_{name}"], f"{name} readout; removed patches filled with the dataset mean")
+    for n in models:
+        rep.figure(figs[f"hist_{n}"], f"{n} readout")
+    if any(f"masking_{n}" in figs for n in models):
+        rep.heading("Masking probe (paper Fig. 2b)")
+        for n in models:
+            rep.figure(figs[f"masking_{n}"], f"{n} readout; removed patches filled with the dataset mean")
     rep.heading("Feature norms (paper Fig. 6)")
     rep.figure(figs["norms"], "patch-token L2 norms at the last block output")
     if "votes" in figs:

@@ -1,8 +1,10 @@
 """``lastvit study``: the miniature study — readouts x seeds on the synthetic benchmark, mean +- std.
 
-A study config (YAML) names the readouts, the seeds and recipe overrides (the demo's recipe is the base)::
+A study config (YAML) names the paradigm, the readouts, the seeds and recipe overrides (the demo's recipe of that
+paradigm is the base, :mod:`lastvit.paradigms`)::
 
     name: synthetic_main
+    paradigm: label          # label | text | self
     seeds: [0, 1, 2]
     readouts: {cls: {}, lazystrike: {k: 1}}
     overrides: {trainer.max_steps: 2000}
@@ -76,10 +78,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> dict[str, Any]:
     """Train and evaluate every (variant, readout, seed); resumable: finished runs in ``out`` are reused."""
-    from lastvit.data.synthetic import SyntheticConfig, SyntheticDataset
-    from lastvit.demo import demo_recipe, evaluate_readout
-    from lastvit.train import fit
+    from lastvit.paradigms import PARADIGMS, run_one
 
+    paradigm = cfg.get("paradigm", "label")
+    if paradigm not in PARADIGMS:
+        raise ValueError(f"study config: paradigm must be one of {', '.join(PARADIGMS)}, got {paradigm!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {"main": {}, **(cfg.get("variants") or {})}
@@ -95,26 +98,24 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
                     continue
                 over = {**(cfg.get("overrides") or {}), **vover, "trainer.progress_bar": False}
                 agg = readout.split("@")[0]  # "lazystrike@k7" style names allow several settings per readout
-                rcfg = demo_recipe(agg, out=str(run_dir), seed=seed, overrides=over)
-                rcfg["model"]["aggregator_kwargs"] = dict(kw)
                 t = time.time()
-                model = fit(rcfg)["model"]
-                syn = dict(rcfg["data"]["synthetic"])
-                ds = SyntheticDataset(SyntheticConfig(**syn), "test", size=n_test)
-                m = evaluate_readout(model, ds, num_images=n_test, out=run_dir, tag=readout)
-                metrics = {k: v for k, v in m.items() if not k.startswith("_")}
-                rec = {"variant": vname, "readout": readout, "seed": seed, "metrics": metrics,
-                       "overrides": over, "seconds": round(time.time() - t, 1)}
+                r = run_one(paradigm, agg, out=run_dir, seed=seed, overrides=over, readout_kwargs=dict(kw),
+                            test_images=n_test, verbose=False)
+                rec = {"variant": vname, "readout": readout, "seed": seed, "paradigm": paradigm,
+                       "metrics": r["metrics"], "overrides": over, "seconds": round(time.time() - t, 1)}
                 write_atomic(done, json.dumps(rec, indent=2, default=float))
                 runs.append(rec)
                 if verbose:
-                    print(f"[study] {vname} {readout} seed {seed}: acc {100 * metrics['accuracy']:.1f}% "
-                          f"PiB {100 * metrics['pib']:.1f}% ({rec['seconds']:.0f} s)", flush=True)
+                    print(f"[study] {vname} {readout} seed {seed}: acc {100 * r['metrics']['accuracy']:.1f}% "
+                          f"PiB {100 * r['metrics']['pib']:.1f}% ({rec['seconds']:.0f} s)", flush=True)
     rows = summarise(runs)
     table = _table(rows)
     write_atomic(out / "study.json", json.dumps({"config": cfg, "runs": runs, "summary": rows}, indent=2,
                                                  default=float))
-    write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\n{table}")
+    from lastvit.paradigms import ACCURACY_NAMES
+
+    write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\nParadigm: {paradigm}; accuracy is the "
+                                   f"{ACCURACY_NAMES[paradigm]} on the held-out split.\n\n{table}")
     if verbose:
         print("\n" + table)
     return {"runs": runs, "summary": rows, "table": table}

@@ -11,7 +11,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "synthetic benchmark and compares them on the held-out split: accuracy, "
                                    "Point-in-Box, score distributions, masking probe, norms, vote maps.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a short run (about 2 minutes), used by the smoke test")
+    p.add_argument("--paradigm", default="label", choices=["label", "text", "self", "all"],
+                   help="supervision: label (default, about 14 min), text (CLIP on the captions), self (DINO), "
+                        "or all three in turn (longer: the sum of the three)")
+    p.add_argument("--quick", action="store_true", help="a short run (about 2 minutes per paradigm), used by the "
+                                                        "smoke tests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-images", type=int, default=None, help="held-out images to evaluate (default 1000)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -30,5 +34,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"override {o!r} is not KEY=VALUE")
         k, v = o.split("=", 1)
         overrides[k] = yaml.safe_load(v)
-    run_demo(args.out, quick=args.quick, seed=args.seed, test_images=args.test_images, overrides=overrides)
+    if overrides and args.paradigm == "all":
+        raise ValueError("recipe overrides need one paradigm (the three recipes have different keys)")
+    run_demo(args.out, paradigm=args.paradigm, quick=args.quick, seed=args.seed, test_images=args.test_images,
+             overrides=overrides)
     return 0
