@@ -98,6 +98,19 @@ def test_coarse_seg_cli(voc, vit_ckpt, tmp_path):
     assert float(rows[0]["fg_fraction_gt"]) == pytest.approx((22 * 24 - 24) / (40 * 56))
 
 
+def test_coarse_seg_cli_on_a_synthetic_tree_uses_its_masks(vit_ckpt, tmp_path):
+    syn = tmp_path / "syn"
+    assert main(["data", "synth", "--demo", "--out", str(syn), "--splits", "test", "--size", "4"]) == 0
+    out = tmp_path / "coarse"
+    assert main(["evaluate", "coarse-seg", "--checkpoint", str(vit_ckpt), "--dataset", "synthetic", "--root",
+                 str(syn), "--split", "test", "--out", str(out), "--no-progress"]) == 0
+    rows = _read_csv(out / "per_image.csv")
+    assert len(rows) == 4
+    masks = {p.stem: np.asarray(Image.open(p)) > 0 for p in (syn / "Masks" / "test").glob("*.png")}
+    for r in rows:
+        assert float(r["fg_fraction_gt"]) == pytest.approx(float(masks[r["id"]].mean()))
+
+
 def test_zeroshot_seg_cli_voc21(voc, tmp_path):
     from lastvit.models.clip import CLIP, save_clip
 

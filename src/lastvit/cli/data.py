@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-gradient", action="store_true")
     s.add_argument("--multi-object", type=int, default=0)
     s.add_argument("--colour-jitter", type=float, default=0.08)
+    s.add_argument("--pattern", type=float, default=0.0,
+                   help="class-specific stripe texture on the object, 0-1 (the demo uses 0.6)")
+    s.add_argument("--demo", action="store_true",
+                   help="the demo's benchmark (6 classes, 64 px, objects 0.3-0.5, clutter 6, pattern 0.6); "
+                        "overrides those five options")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_synth)
 
@@ -68,10 +73,14 @@ def _synth(args: argparse.Namespace) -> int:
     from lastvit.data import SyntheticConfig, SyntheticDataset, write_imagefolder
     from lastvit.data.synthetic import _atomic_write_bytes, _png_bytes
 
-    cfg = SyntheticConfig(num_classes=args.num_classes, image_size=args.image_size, min_size=args.min_size,
-                          max_size=args.max_size, clutter=args.clutter, texture=args.texture,
-                          gradient=not args.no_gradient, multi_object=args.multi_object,
-                          colour_jitter=args.colour_jitter, seed=args.seed)
+    knobs = dict(num_classes=args.num_classes, image_size=args.image_size, min_size=args.min_size,
+                 max_size=args.max_size, clutter=args.clutter, pattern=args.pattern)
+    if args.demo:
+        from lastvit.demo import DEMO_RECIPE
+
+        knobs.update(DEMO_RECIPE["data"]["synthetic"])
+    cfg = SyntheticConfig(**knobs, texture=args.texture, gradient=not args.no_gradient,
+                          multi_object=args.multi_object, colour_jitter=args.colour_jitter, seed=args.seed)
     out = Path(args.out)
     counts: dict[str, Any] = {}
     for split in args.splits:

@@ -365,7 +365,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     z.set_defaults(func=_run_zeroshot)
 
     c = sub.add_parser("coarse-seg", help="foreground Jaccard of thresholded patch-score maps (VOC12 val)")
-    _common(c, "voc (VOC2012 with SegmentationClass) | seg")
+    _common(c, "voc (VOC2012 with SegmentationClass) | seg | synthetic (its foreground masks)")
     o = c.add_argument_group("coarse-seg options")
     o.add_argument("--rule", default="mass", choices=("mass", "mean", "mean_std"))
     o.add_argument("--mass", type=float, default=0.6)

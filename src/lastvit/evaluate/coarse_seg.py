@@ -86,17 +86,22 @@ def evaluate_coarse_seg(
     ignore_boundary: bool = True,
     on_image: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Coarse segmentation metrics over samples with ``image`` and ``seg``; see the module docstring."""
+    """Coarse segmentation metrics over samples with ``image`` and ``seg`` (VOC class map: 0 background, 255 ignore)
+    or a binary foreground ``mask``; see the module docstring."""
     device = torch.device(device)
     model.eval().to(device)
     p = model.patch_size
     rows = []
     conf = torch.zeros(2, 2, dtype=torch.int64)
     for i, s in enumerate(samples):
-        if "seg" not in s:
-            raise ValueError(f"sample {s.get('id', i)} has no 'seg' map: coarse segmentation needs VOC seg labels")
+        if "seg" in s:
+            gt = torch.as_tensor(s["seg"]).long()
+        elif "mask" in s:  # a binary foreground mask (the synthetic benchmark, COCO instances)
+            gt = (torch.as_tensor(s["mask"]) > 0).long()
+        else:
+            raise ValueError(f"sample {s.get('id', i)} has neither a 'seg' map nor a foreground 'mask': coarse "
+                             "segmentation needs segmentation labels")
         img = s["image"]
-        gt = torch.as_tensor(s["seg"]).long()
         x = pad_to_patch(img[None].to(device).float(), p)
         sc = model_patch_scores(model, x)[0].cpu()
         fg = mask_to_pixels(threshold_scores(sc, rule, mass), p, tuple(gt.shape))
