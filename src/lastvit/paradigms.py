@@ -42,7 +42,7 @@ TEXT_RECIPE: dict[str, Any] = {
     "data": {"kind": "synthetic", "synthetic": dict(_SYNTHETIC), "train_size": 8192, "val_size": 512},
     "optim": {"batch_size": 64, "lr": 1.0e-3, "weight_decay": 0.1, "warmup_steps": 100},
     "eval": {"templates": ["a {}", "a small {}", "a medium {}", "a large {}"]},
-    "trainer": {"accelerator": "cpu", "max_steps": 2000, "log_every": 50, "val_every": None, "seed": 0,
+    "trainer": {"accelerator": "cpu", "max_steps": 1500, "log_every": 50, "val_every": None, "seed": 0,
                 "progress_bar": True},
 }
 
