@@ -96,7 +96,9 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
                 if done.is_file():
                     runs.append(json.loads(done.read_text()))
                     continue
-                over = {**(cfg.get("overrides") or {}), **vover, "trainer.progress_bar": False}
+                # a run killed mid-way continues from its last full-state checkpoint (label and DINO runs)
+                over = {"trainer.resume": "auto", **(cfg.get("overrides") or {}), **vover,
+                        "trainer.progress_bar": False}
                 agg = readout.split("@")[0]  # "lazystrike@k7" style names allow several settings per readout
                 t = time.time()
                 r = run_one(paradigm, agg, out=run_dir, seed=seed, overrides=over, readout_kwargs=dict(kw),

@@ -134,6 +134,32 @@ def test_zeroshot_seg_cli_voc21(voc, tmp_path):
     assert m["pixels"] == 40 * 56 - 24  # the 24 boundary (255) pixels are ignored
 
 
+def test_zeroshot_seg_cli_on_a_synthetic_tree(tmp_path):
+    from lastvit.models.clip import CLIP, save_clip
+
+    syn = tmp_path / "syn"
+    assert main(["data", "synth", "--demo", "--out", str(syn), "--splits", "test", "--size", "3"]) == 0
+    classes = (syn / "classes.txt").read_text().split()
+    assert (syn / "seg_classes.txt").read_text().split() == ["background", *classes]
+    for img in (syn / "test").rglob("*.png"):  # class map = (class index + 1) on the object mask, 0 elsewhere
+        seg = np.asarray(Image.open(syn / "Segmentation" / img.relative_to(syn)))
+        mask = np.asarray(Image.open(syn / "Masks" / "test" / img.name)) > 0
+        assert set(np.unique(seg[mask])) == {classes.index(img.parent.name) + 1} and not seg[~mask].any()
+    torch.manual_seed(0)
+    clip = CLIP("vit_micro_patch8_64", text=dict(context_length=16, vocab_size=64, width=32, heads=2, layers=1),
+                embed_dim=16)
+    save_clip(clip, tmp_path / "clip.pt")
+    out = tmp_path / "zs"
+    assert main(["evaluate", "zeroshot-seg", "--checkpoint", str(tmp_path / "clip.pt"), "--dataset", "seg",
+                 "--root", str(syn), "--img-dir", "test", "--ann-dir", "Segmentation/test", "--img-suffix", ".png",
+                 "--classnames", str(syn / "seg_classes.txt"), "--background", "--prob-thd", "0.2",
+                 "--templates", "plain", "--short-side", "0", "--crop", "64", "--stride", "32", "--out", str(out),
+                 "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["images"] == 3 and m["pixels"] == 3 * 64 * 64
+    assert [r["class"] for r in _read_csv(out / "per_class.csv")] == ["background", *classes]
+
+
 def test_classify_cli_head_and_probes(tmp_path, vit_ckpt):
     from lastvit.data import SyntheticConfig, SyntheticDataset, write_imagefolder
 

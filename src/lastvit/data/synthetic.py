@@ -619,8 +619,10 @@ def write_imagefolder(dataset: SyntheticDataset, root: str | os.PathLike, *, spl
     """Write ``dataset`` as an ImageFolder tree readable by ``build_eval_dataset("synthetic"|"imagenet"|...)``:
 
     ``root/<split>/<class>/<id>.png``, ``root/Annotations/<split>/<id>.xml`` (ILSVRC-style, box = pixel-edge xyxy,
-    labelled object first), ``root/Masks/<split>/<id>.png`` (0/255), ``root/captions.csv`` (path,caption; merged
-    with rows of other splits already there) and ``root/classes.txt``. Every file is written atomically.
+    labelled object first), ``root/Masks/<split>/<id>.png`` (0/255), ``root/Segmentation/<split>/<class>/<id>.png``
+    (class map of the labelled object: 0 background, c + 1 class c; the ``seg`` reader's layout),
+    ``root/captions.csv`` (path,caption; merged with rows of other splits already there), ``root/classes.txt`` and
+    ``root/seg_classes.txt`` (``background`` then the classes). Every file is written atomically.
     """
     root = Path(root)
     split = split_name or dataset.split
@@ -637,12 +639,15 @@ def write_imagefolder(dataset: SyntheticDataset, root: str | os.PathLike, *, spl
             rel = f"{split}/{cname}/{sid}.png"
             _atomic_write_bytes(root / rel, _png_bytes(imgs[j]))
             _atomic_write_bytes(root / "Masks" / split / f"{sid}.png", _png_bytes(masks[j]))
+            seg = (masks[j] > 0).astype(np.uint8) * np.uint8(int(g["labels"][j]) + 1)
+            _atomic_write_bytes(root / "Segmentation" / rel, _png_bytes(seg))
             objs = [(classes[int(c)], [int(v) for v in b.tolist()])
                     for c, b in zip(g["all_labels"][j], g["all_boxes"][j])]
             xml = _xml_annotation(split, f"{sid}.png", H, H, objs)
             _atomic_write_bytes(root / "Annotations" / split / f"{sid}.xml", xml.encode())
             rows.append((rel, g["captions"][j]))
     _atomic_write_bytes(root / "classes.txt", ("\n".join(classes) + "\n").encode())
+    _atomic_write_bytes(root / "seg_classes.txt", ("\n".join(["background", *classes]) + "\n").encode())
     cap_path = root / "captions.csv"
     old: list[tuple[str, str]] = []
     if cap_path.exists():
