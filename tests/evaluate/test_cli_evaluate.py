@@ -109,6 +109,13 @@ def test_coarse_seg_cli_on_a_synthetic_tree_uses_its_masks(vit_ckpt, tmp_path):
     masks = {p.stem: np.asarray(Image.open(p)) > 0 for p in (syn / "Masks" / "test").glob("*.png")}
     for r in rows:
         assert float(r["fg_fraction_gt"]) == pytest.approx(float(masks[r["id"]].mean()))
+    # the tree's own normalisation (SyntheticConfig: 0.5 / 0.25) is used, not ImageNet's
+    norm = json.loads((out / "metrics.json").read_text())["normalisation"]
+    assert norm == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert main(["evaluate", "coarse-seg", "--checkpoint", str(vit_ckpt), "--dataset", "synthetic", "--root",
+                 str(syn), "--split", "test", "--out", str(tmp_path / "c2"), "--no-progress", "--mean", "0.4", "0.4",
+                 "0.4"]) == 0
+    assert json.loads((tmp_path / "c2" / "metrics.json").read_text())["normalisation"]["mean"] == [0.4] * 3
 
 
 def test_zeroshot_seg_cli_voc21(voc, tmp_path):

@@ -82,11 +82,38 @@ def _load_model(args: argparse.Namespace, need_clip: bool = False) -> torch.nn.M
     return model.eval()
 
 
+def _synthetic_stats(root: str | None) -> tuple[tuple, tuple] | None:
+    """The normalisation a synthetic tree was made for (its metrics.json, else SyntheticConfig's defaults), or None
+    when ``root`` is not a synthetic tree (models trained on the synthetic benchmark use these, not ImageNet's)."""
+    from lastvit.data.synthetic import SyntheticConfig
+
+    if not root or not (os.path.isfile(os.path.join(root, "seg_classes.txt"))
+                        or os.path.isdir(os.path.join(root, "Masks"))):
+        return None
+    cfg = SyntheticConfig()
+    mean, std = cfg.mean, cfg.std
+    meta = os.path.join(root, "metrics.json")
+    if os.path.isfile(meta):
+        try:
+            with open(meta, encoding="utf-8") as f:
+                c = json.load(f).get("config", {})
+            mean, std = tuple(c.get("mean", mean)), tuple(c.get("std", std))
+        except (OSError, ValueError):
+            pass
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def _stats(args: argparse.Namespace, is_clip: bool) -> tuple[tuple, tuple]:
+    """--mean/--std, else a synthetic tree's own normalisation, else the model family's (CLIP or ImageNet)."""
     from lastvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    mean = tuple(args.mean) if args.mean else (CLIP_MEAN if is_clip else tuple(IMAGENET_MEAN))
-    std = tuple(args.std) if args.std else (CLIP_STD if is_clip else tuple(IMAGENET_STD))
+    syn = _synthetic_stats(getattr(args, "root", None))
+    if syn is not None:
+        default = syn
+    else:
+        default = (CLIP_MEAN, CLIP_STD) if is_clip else (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+    mean = tuple(args.mean) if args.mean else default[0]
+    std = tuple(args.std) if args.std else default[1]
     return mean, std
 
 
@@ -187,7 +214,8 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     _write_csv(os.path.join(out, "per_class.csv"), res["per_class"])
     _write_csv(os.path.join(out, "per_image.csv"), res["per_image"])
     metrics = {k: v for k, v in res.items() if k not in ("per_image",)}
-    metrics.update(seconds=secs, skipped=_skipped(ds), effective=cfg.__dict__, config=_config(args))
+    metrics.update(seconds=secs, skipped=_skipped(ds), effective=cfg.__dict__, config=_config(args),
+                   normalisation={"mean": list(mean), "std": list(std)})
     _write_json(os.path.join(out, "metrics.json"), metrics)
     print(f"zeroshot-seg {args.dataset} ({cfg.variant}): mIoU {res['mIoU']:.2f} over {res['images']} images "
           f"-> {out}")
@@ -210,7 +238,8 @@ def _run_coarse(args: argparse.Namespace) -> int:
     secs = time.perf_counter() - t0
     _write_csv(os.path.join(args.out, "per_image.csv"), res["per_image"])
     metrics = {k: v for k, v in res.items() if k != "per_image"}
-    metrics.update(seconds=secs, skipped=_skipped(ds), config=_config(args))
+    metrics.update(seconds=secs, skipped=_skipped(ds), config=_config(args),
+                   normalisation={"mean": list(mean), "std": list(std)})
     _write_json(os.path.join(args.out, "metrics.json"), metrics)
     print(f"coarse-seg {args.dataset}: Jaccard {res['jaccard']:.2f} over {res['images']} images -> {args.out}")
     return 0
@@ -249,7 +278,8 @@ def _run_discovery(args: argparse.Namespace) -> int:
     _write_csv(os.path.join(args.out, "per_image.csv"), rows)
     metrics = {"methods": {m: {"corloc": r.corloc, "images": len(r.hits), "images_per_s": r.images_per_s,
                                "seconds": r.seconds} for m, r in res.items()},
-               "skipped": _skipped(ds), "device": str(args.device), "config": _config(args)}
+               "skipped": _skipped(ds), "device": str(args.device), "config": _config(args),
+               "normalisation": {"mean": list(mean), "std": list(std)}}
     _write_json(os.path.join(args.out, "metrics.json"), metrics)
     summary = ", ".join(f"{m} CorLoc {r.corloc:.2f} ({r.images_per_s:.1f} img/s)" for m, r in res.items())
     print(f"discovery {args.dataset}: {summary} -> {args.out}")
@@ -279,7 +309,8 @@ def _run_classify(args: argparse.Namespace) -> int:
 
         return tqdm(dl, desc="classify", unit="batch")
 
-    metrics: dict[str, Any] = {"config": _config(args), "skipped": _skipped(ds)}
+    metrics: dict[str, Any] = {"config": _config(args), "skipped": _skipped(ds),
+                               "normalisation": {"mean": list(mean), "std": list(std)}}
     rows: list[dict] = []
     if "head" in modes:
         if getattr(model, "head_type", "linear") != "linear" or getattr(model, "num_classes", 0) <= 0:
@@ -327,8 +358,9 @@ def _common(p: argparse.ArgumentParser, dataset_help: str) -> None:
     d.add_argument("--root", required=True, help="dataset root directory")
     d.add_argument("--split", default=None, help="dataset split (default: the reader's / preset's)")
     d.add_argument("--limit", type=int, default=None, help="first N images only")
-    d.add_argument("--mean", type=float, nargs=3, default=None, help="normalisation mean (default: by model)")
-    d.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: by model)")
+    d.add_argument("--mean", type=float, nargs=3, default=None,
+                   help="normalisation mean (default: a synthetic tree's own, else by model)")
+    d.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: as --mean)")
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--device", default="cpu")
