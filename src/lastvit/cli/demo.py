@@ -12,9 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Point-in-Box, score distributions, masking probe, norms, vote maps.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--paradigm", default="label", choices=["label", "text", "self", "all"],
-                   help="supervision: label (default, about 14 min), text (CLIP on the captions), self (DINO), "
-                        "or all three in turn (longer: the sum of the three)")
-    p.add_argument("--quick", action="store_true", help="a short run (about 2 minutes per paradigm), used by the "
+                   help="supervision: label (default; about 10-14 min on 2 cores), text (CLIP on the captions), "
+                        "self (DINO), or all three in turn (takes the sum of the three; docs/RESULTS.md has the "
+                        "measured times)")
+    p.add_argument("--quick", action="store_true", help="a short run (label: about 80 s on 2 cores), used by the "
                                                         "smoke tests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-images", type=int, default=None, help="held-out images to evaluate (default 1000)")
