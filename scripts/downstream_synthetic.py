@@ -5,7 +5,7 @@ For every run of a ``lastvit study`` output folder, writes the run's held-out sp
 commands, on the first ``--images`` test images:
 
 * object discovery: the LazyStrike rule (top patch's component and largest component) and LOST -> CorLoc;
-* coarse segmentation: Jaccard of the patch-score map thresholded by DINO's 60% mass rule;
+* coarse segmentation: Jaccard and binary (fg/bg) mIoU of the patch-score map thresholded by DINO's 60% mass rule;
 * text-supervised runs only: zero-shot segmentation (vanilla dense CLIP features, the training prompts, the 6 shape
   names, object pixels only: background is ignored as in the VOC20 / Context59 protocols) -> mIoU.
 
@@ -55,6 +55,7 @@ def evaluate_run(run_dir: Path, rec: dict, tree: Path, images: int) -> dict[str,
     c = _run(["evaluate", "coarse-seg", *common, "--dataset", "synthetic", "--split", "test"], ev / "coarse")
     res = {f"corloc_{m.replace('-', '_')}": v["corloc"] for m, v in d["methods"].items()}
     res["coarse_jaccard"] = c["jaccard"]
+    res["coarse_binary_miou"] = c["binary_miou"]
     if rec.get("paradigm") == "text":
         tpl = ev / "templates.txt"
         ev.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ def test_downstream_script_on_a_tiny_study(tmp_path, monkeypatch, capsys):
     assert [r["seed"] for r in runs] == [0, 1]
     for r in runs:
         assert set(r) == {"seed", "corloc_lazystrike", "corloc_lazystrike_largest", "corloc_lost", "coarse_jaccard",
-                          "zeroshot_miou"}
+                          "coarse_binary_miou", "zeroshot_miou"}
         assert all(0.0 <= r[k] <= 100.0 for k in r if k != "seed")
     mean, std = d["summary"]["main/lazystrike"]["corloc_lost"]
     assert mean == pytest.approx((runs[0]["corloc_lost"] + runs[1]["corloc_lost"]) / 2)
