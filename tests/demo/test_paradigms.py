@@ -82,3 +82,26 @@ def test_study_text_paradigm(tmp_path):
     assert "zero-shot top-1" in (tmp_path / "study.md").read_text()
     with pytest.raises(ValueError, match="paradigm must be one of"):
         run_study({**cfg, "paradigm": "vision"}, tmp_path / "bad", verbose=False)
+
+
+def test_demo_all_runs_every_paradigm_and_summarises(tmp_path, monkeypatch):
+    import lastvit.demo as demo
+    from lastvit.paradigms import ACCURACY_NAMES
+
+    calls = []
+
+    def fake(out, paradigm, **kw):
+        calls.append((paradigm, out, kw["quick"], kw["overrides"]))
+        acc = {"label": 0.9, "text": 0.8, "self": 0.2}[paradigm]
+        r = lambda a, p: {"accuracy": a, "pib": p, "accuracy_name": ACCURACY_NAMES[paradigm]}
+        return {"paradigm": paradigm, "readouts": {"cls": r(acc, 0.1), "lazystrike": r(acc + 0.05, 0.5)}}
+
+    monkeypatch.setattr(demo, "_run_paradigm", fake)
+    res = demo.run_demo(tmp_path, paradigm="all", quick=True, verbose=False)
+    assert [c[0] for c in calls] == ["label", "text", "self"]
+    assert [c[1] for c in calls] == [tmp_path / p for p in ("label", "text", "self")]
+    assert all(c[2] is True and c[3] is None for c in calls)
+    md = (tmp_path / "summary.md").read_text()
+    assert "| text | zero-shot top-1 | 80.0 | 85.0 | 10.0 | 50.0 |" in md
+    assert "| self | kNN top-1 | 20.0 | 25.0 | 10.0 | 50.0 |" in md
+    assert set(res["paradigms"]) == {"label", "text", "self"}
