@@ -4,7 +4,8 @@ Trains the same small ViT twice (CLS readout and LazyStrike; same seed, data and
 held-out split, with the library's own diagnostics (``lastvit.analysis``): accuracy, Point-in-Box (any-overlap and
 patch-centre rules, and the mask rule), patch-score distributions foreground vs background (AUROC), the masking probe,
 patch-token norms, and LazyStrike vote maps. Writes ``metrics.json``, PNG figures and a self-contained
-``report.html`` into ``out``.
+``report.html`` into ``out``. ``paradigm="text"`` / ``"self"`` train the twins as CLIP / DINO models instead
+(:mod:`lastvit.paradigms`); ``"all"`` runs the three.
 """
 
 from __future__ import annotations
