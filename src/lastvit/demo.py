@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -91,15 +92,24 @@ def evaluate_readout(model, ds, *, num_images: int, out: Path, tag: str,
     from lastvit.analysis.distributions import score_distributions
     from lastvit.analysis.masking import run_masking_probe
     from lastvit.analysis.norms import outlier_stats, token_norms
-    from lastvit.analysis.pib import evaluate_pib, foreground_patches
+    from lastvit.analysis.pib import as_boxes, foreground_patches, point_in_box
     from lastvit.analysis.scores import patch_scores
 
     model.eval()
     if predict == "head":
         predict = model.forward_head
     correct, total, scores, fg, final_norms, block_norms, feats, labels = 0, 0, [], [], [], [], [], []
+    hits: dict[str, list[torch.Tensor]] = {"hit_any": [], "hit_center": [], "hit_mask": []}
     for b in _test_batches(ds, num_images):
         s, rec = patch_scores(model, b["image"])
+        # Point-in-Box from these scores (as lastvit.analysis.pib.evaluate_pib: images without boxes are left out)
+        keep = [i for i, bx in enumerate(b["boxes"]) if as_boxes(bx).shape[0] > 0]
+        if keep:
+            sel = torch.tensor(keep)
+            h = point_in_box(s[sel], [b["boxes"][i] for i in keep], image_size=tuple(b["image"].shape[-2:]),
+                             patch_size=model.patch_size, masks=b["mask"][sel])
+            for k in hits:
+                hits[k].append(h[k])
         y = torch.as_tensor(b["label"])
         if predict is not None:
             correct += int((predict(rec.pooled).argmax(1) == y).sum())
@@ -113,7 +123,9 @@ def evaluate_readout(model, ds, *, num_images: int, out: Path, tag: str,
         final_norms.append(n["final"])
         block_norms.append(n["blocks"][-1])
     scores, fg = torch.cat(scores), torch.cat(fg)
-    pib, _rows = evaluate_pib(model, _test_batches(ds, num_images))
+    n_pib = sum(len(h) for h in hits["hit_any"])
+    pib = {k.replace("hit_", "pib_").replace("pib_any", "pib"): (sum(int(h.sum()) for h in v) / n_pib if n_pib
+                                                                 else math.nan) for k, v in hits.items()}
     dist = score_distributions(scores, fg)
     final_norms, last_block = torch.cat(final_norms), torch.cat(block_norms)
     out_final = outlier_stats(final_norms, foreground=fg)
@@ -124,8 +136,8 @@ def evaluate_readout(model, ds, *, num_images: int, out: Path, tag: str,
         "accuracy": correct / max(total, 1) if predict is not None else None,
         "pib": pib["pib"],
         "pib_center": pib["pib_center"],
-        "pib_mask": pib.get("pib_mask"),
-        "num_images": pib["num_images"],
+        "pib_mask": pib["pib_mask"],
+        "num_images": n_pib,
         "score_auroc": dist["auroc"],
         "score_mean_fg": dist["mean_fg"],
         "score_mean_bg": dist["mean_bg"],

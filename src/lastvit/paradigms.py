@@ -76,13 +76,6 @@ _QUICK = {
 _READOUTS = {"cls": {}, "lazystrike": {"k": 0.125}}
 
 
-def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        cfg = cfg.setdefault(k, {})
-    cfg[keys[-1]] = value
-
-
 def _check(paradigm: str) -> None:
     if paradigm not in PARADIGMS:
         raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {', '.join(PARADIGMS)}")
@@ -104,6 +97,8 @@ def paradigm_recipe(paradigm: str, readout: str, *, out: str, seed: int = 0, qui
         if readout_kwargs is not None:
             cfg["model"]["aggregator_kwargs"] = dict(readout_kwargs)
         return cfg
+    from lastvit.demo import _set
+
     cfg = copy.deepcopy(TEXT_RECIPE if paradigm == "text" else SELF_RECIPE)
     for k, v in {**((_QUICK[paradigm] or {}) if quick else {}), **(overrides or {})}.items():
         _set(cfg, k, v)

@@ -78,7 +78,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> dict[str, Any]:
     """Train and evaluate every (variant, readout, seed); resumable: finished runs in ``out`` are reused."""
-    from lastvit.paradigms import PARADIGMS, run_one
+    from lastvit.paradigms import ACCURACY_NAMES, PARADIGMS, run_one
 
     paradigm = cfg.get("paradigm", "label")
     if paradigm not in PARADIGMS:
@@ -114,8 +114,6 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
     table = _table(rows)
     write_atomic(out / "study.json", json.dumps({"config": cfg, "runs": runs, "summary": rows}, indent=2,
                                                  default=float))
-    from lastvit.paradigms import ACCURACY_NAMES
-
     write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\nParadigm: {paradigm}; accuracy is the "
                                    f"{ACCURACY_NAMES[paradigm]} on the held-out split.\n\n{table}")
     if verbose:
