@@ -534,6 +534,7 @@ def _build_coco(root: Path, split: str | None, opts: dict[str, Any], skipped: Co
     keep_crowd = opts.pop("keep_crowd", False)
     skip_empty = opts.pop("skip_empty", True)
     with_masks = opts.pop("masks", True)
+    round_boxes = opts.pop("round_boxes", False)  # LOST's COCO20k protocol: int(round(v)) of x0, y0, x0+w, y0+h
     cat_ids = sorted(coco.getCatIds())
     cat_index = {c: i for i, c in enumerate(cat_ids)}
     classes = [coco.cats[c]["name"] for c in cat_ids]
@@ -560,6 +561,8 @@ def _build_coco(root: Path, split: str | None, opts: dict[str, Any], skipped: Co
             continue
         boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                  for a in anns]
+        if round_boxes:
+            boxes = [[float(round(v)) for v in b] for b in boxes]
         recs.append(dict(path=str(p), id=str(i), label=-1, boxes=boxes,
                          box_labels=[cat_index.get(a["category_id"], -1) for a in anns],
                          size=(info.get("width", 0), info.get("height", 0)),
