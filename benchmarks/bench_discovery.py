@@ -20,7 +20,7 @@ import time
 import torch
 
 from lastvit.evaluate.discovery import (
-    last_keys,
+    LastKeys,
     lazystrike_box,
     lost_box,
     model_patch_scores,
@@ -89,13 +89,13 @@ def main() -> None:
 
     @torch.no_grad()
     def lost(x):
-        with last_keys(model) as hk:
+        with LastKeys(model) as hk:
             model.forward_tokens(x)
         lost_box(hk.keys[0, model.num_prefix_tokens :], grid, p, (h, w))
 
     @torch.no_grad()
     def tokencut(x):
-        with last_keys(model) as hk:
+        with LastKeys(model) as hk:
             model.forward_tokens(x)
         tokencut_box(hk.keys[0, model.num_prefix_tokens :], grid, p, (h, w))
 
@@ -109,7 +109,7 @@ def main() -> None:
                      "median_ms": 1000 * med}
 
     # post-processing alone, on tokens computed once
-    with torch.no_grad(), last_keys(model) as hk:
+    with torch.no_grad(), LastKeys(model) as hk:
         s = model_patch_scores(model, images[0])
         keys = hk.keys[0, model.num_prefix_tokens :].clone()
     post = {

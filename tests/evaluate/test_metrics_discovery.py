@@ -1,9 +1,25 @@
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
+import scipy.linalg
 import torch
+from PIL import Image
 
-from lastvit.evaluate.discovery import component_box, discover, lazystrike_box, lost_box, tokencut_box
+from lastvit.data.readers import build_eval_dataset
+from lastvit.evaluate.discovery import (
+    COCO_PROTOCOLS,
+    EIG_SOLVERS,
+    coco_reader_options,
+    component_box,
+    discover,
+    fiedler_vector,
+    lazystrike_box,
+    lost_box,
+    tokencut_box,
+)
 from lastvit.evaluate.metrics import SegConfusion, box_iou, corloc_hits
 from lastvit.models import create_model
 
@@ -108,3 +124,106 @@ def test_discover_runs_all_methods_on_tiny_model():
         x0, y0, x1, y1 = r.boxes[0]
         assert 0 <= x0 < x1 <= 40 and 0 <= y0 < y1 <= 30
         assert r.images_per_s > 0
+
+
+def _graph(n: int, seed: int, tau: float = 0.2) -> np.ndarray:
+    g = np.random.default_rng(seed)
+    f = g.standard_normal((n, 16))
+    f[: n // 3] += 2.5 * g.standard_normal(16)  # one coherent group, the rest spread out
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    return np.where(f @ f.T > tau, 1.0, 1e-5)
+
+
+@pytest.mark.parametrize("solver", EIG_SOLVERS)
+def test_fiedler_vector_solves_the_generalised_problem(solver):
+    for seed, n in ((0, 48), (1, 150)):
+        W = _graph(n, seed)
+        d = W.sum(1)
+        L, Dm = np.diag(d) - W, np.diag(d)
+        lam = scipy.linalg.eigh(L, Dm, eigvals_only=True)  # ascending; lam[0] = 0 (constant vector)
+        x = fiedler_vector(W, solver)
+        # definition: (D - W) x = lambda_2 D x with the second-smallest lambda, x^T D x = 1
+        np.testing.assert_allclose(L @ x, lam[1] * (Dm @ x), atol=1e-8)
+        assert abs(x @ Dm @ x - 1.0) < 1e-8
+        assert lam[2] - lam[1] > 1e-6  # well separated: the vector is unique up to sign
+
+
+def test_fiedler_vector_rejects_unknown_solver():
+    with pytest.raises(ValueError, match="eigensolver"):
+        fiedler_vector(np.ones((4, 4)), "qr")
+
+
+def test_tokencut_boxes_equal_across_solvers():
+    torch.manual_seed(0)
+    m = create_model("vit_micro_patch8_64", num_classes=0).eval()
+    from lastvit.evaluate.discovery import LastKeys
+
+    for i in range(4):
+        x = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad(), LastKeys(m) as hk:
+            m.forward_tokens(x)
+        feats = hk.keys[0, m.num_prefix_tokens :]
+        ref = tokencut_box(feats, (6, 8), 8, solver="generalized")
+        for solver in ("lanczos", "dense"):
+            box, d = tokencut_box(feats, (6, 8), 8, solver=solver)
+            assert box == ref[0] and d["seed"] == ref[1]["seed"]
+            assert np.array_equal(d["partition"], ref[1]["partition"])
+
+
+def test_discover_batched_equals_batch_one():
+    torch.manual_seed(0)
+    m = create_model("vit_micro_patch8_64", num_classes=0)
+    g = torch.Generator().manual_seed(1)
+    samples = [{"image": torch.randn(3, 40, 56, generator=g), "boxes": torch.tensor([[4.0, 4, 40, 30]]),
+                "id": f"s{i}"} for i in range(5)]
+    samples.insert(2, {"image": torch.randn(3, 30, 37, generator=g), "boxes": torch.tensor([[0.0, 0, 30, 30]]),
+                       "id": "odd"})  # a different size splits the run
+    methods = ["lazystrike", "lazystrike-largest", "lost", "tokencut"]
+    one = discover(m, samples, methods=methods)
+    seen = []
+    many = discover(m, samples, methods=methods, batch_size=4, on_image=lambda: seen.append(1))
+    assert len(seen) == len(samples)
+    for k in methods:
+        assert many[k].ids == one[k].ids == [s["id"] for s in samples]
+        assert many[k].boxes == one[k].boxes and many[k].hits == one[k].hits
+    with pytest.raises(ValueError, match="batch_size"):
+        discover(m, samples, batch_size=0)
+
+
+def _coco_tree(root: Path) -> None:
+    (root / "train2014").mkdir(parents=True)
+    for i in (1, 2, 3):
+        Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(root / "train2014" / f"{i:012d}.jpg")
+    ann = dict(
+        images=[dict(id=i, file_name=f"{i:012d}.jpg", width=48, height=40) for i in (1, 2, 3)],
+        categories=[dict(id=1, name="person")],
+        annotations=[
+            # x0 + w = 30.75, y0 + h = 20.0: LOST rounds each coordinate with Python's round (half to even)
+            dict(id=10, image_id=1, category_id=1, bbox=[10.5, 9.5, 20.25, 10.5], area=210, iscrowd=0),
+            dict(id=11, image_id=2, category_id=1, bbox=[0, 0, 48, 40], area=1920, iscrowd=1),  # crowd only
+            dict(id=12, image_id=3, category_id=1, bbox=[0.4, 1.6, 47.2, 37.9], area=1780, iscrowd=0),
+        ])
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(ann))
+
+
+def test_coco_discovery_protocols(tmp_path: Path):
+    _coco_tree(tmp_path)
+    assert coco_reader_options() == COCO_PROTOCOLS["lost"]
+    with pytest.raises(ValueError, match="protocol"):
+        coco_reader_options("voc")
+    lost = build_eval_dataset("coco", tmp_path, split="train2014", image_size=None, resize=None, masks=False,
+                              **coco_reader_options("lost"))
+    flt = build_eval_dataset("coco", tmp_path, split="train2014", image_size=None, resize=None, masks=False,
+                             **coco_reader_options("float"))
+    # LOST: int(round(v)) of (x0, y0, x0 + w, y0 + h): round(10.5) = 10, round(9.5) = 10, round(30.75) = 31
+    assert [r["boxes"] for r in lost.records] == [[[10.0, 10.0, 31.0, 20.0]], [], [[0.0, 2.0, 48.0, 40.0]]]
+    assert [r["boxes"] for r in flt.records] == [[[10.5, 9.5, 30.75, 20.0]], [[0.4, 1.6, 47.6, 39.5]]]
+    assert flt.skipped == {"no objects": 1} and not lost.skipped
+    torch.manual_seed(0)
+    m = create_model("vit_micro_patch8_64", num_classes=0)
+    r_lost = discover(m, (lost[i] for i in range(len(lost))), methods=["lazystrike"])["lazystrike"]
+    r_flt = discover(m, (flt[i] for i in range(len(flt))), methods=["lazystrike"])["lazystrike"]
+    # the crowd-only image is in the denominator of CorLoc and is a miss whatever the box
+    assert r_lost.ids == ["1", "2", "3"] and r_lost.hits[1] is False and r_flt.ids == ["1", "3"]
+    assert r_lost.corloc == pytest.approx(100.0 * (r_lost.hits[0] + r_lost.hits[2]) / 3)

@@ -19,7 +19,18 @@ structure is 4-connectivity (LOST's and TokenCut's choice), ``connectivity=8`` u
 * TokenCut (Wang et al., CVPR 2022): keys L2-normalised; ``W_ij = 1`` if cos > tau else ``eps``;
   second-smallest generalised eigenvector of ``(D - W) x = lambda D x``; bipartition = ``x > mean(x)``;
   seed = ``argmax |x|``; when the seed falls outside the foreground side the partition is flipped; box = the
-  seed's component.
+  seed's component. The eigenvector is the same one the reference's ``scipy.linalg.eigh(D - W, D)`` returns (up
+  to sign and scale, which the rule ignores), found on the symmetric normalised form ``M = D^-1/2 W D^-1/2``
+  (``x = D^-1/2 y`` for the second-largest eigenvector ``y`` of ``M``): ``solver="lanczos"`` (default, ARPACK
+  on ``M`` with its known top eigenpair ``(1, D^1/2 1)`` deflated, machine-precision tolerance, fixed start
+  vector; falls back to ``"dense"`` if it does not converge), ``"dense"`` (LAPACK partial ``eigh`` of ``M``) or
+  ``"generalized"`` (the reference's own call). See benchmarks/README.md for the timings that chose the default.
+
+Batching: :func:`discover` with ``batch_size > 1`` stacks consecutive images of the same size into one
+forward pass (after ``--resize``/``--image-size`` all images share a size); every box is still extracted per
+image, so the boxes are those of batch 1. COCO20k: :data:`COCO_PROTOCOLS` holds the reader options of each
+ground-truth protocol; ``"lost"`` (the official one, the default) rounds boxes to integers and keeps images whose
+only objects are crowds (they count as misses); ``"float"`` keeps float boxes and skips such images.
 """
 
 from __future__ import annotations
@@ -31,10 +42,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 import scipy.ndimage
+import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lastvit.analysis.scores import patch_scores
 from lastvit.evaluate.metrics import corloc_hits
 
 __all__ = [
@@ -43,15 +56,35 @@ __all__ = [
     "lost_box",
     "lost_scores",
     "tokencut_box",
-    "last_keys",
+    "fiedler_vector",
+    "LastKeys",
     "DiscoveryResult",
     "discover",
     "pad_to_patch",
     "model_patch_scores",
     "METHODS",
+    "EIG_SOLVERS",
+    "COCO_PROTOCOLS",
+    "coco_reader_options",
 ]
 
 METHODS = ("lazystrike", "lazystrike-largest", "lost", "tokencut")
+EIG_SOLVERS = ("lanczos", "dense", "generalized")
+
+#: Reader options (``build_eval_dataset("coco", ..., **opts)``) of each COCO20k ground-truth protocol.
+#: ``lost``: LOST's ``extract_gt_COCO`` (boxes ``int(round(.))`` of x0, y0, x0 + w, y0 + h; crowd boxes removed;
+#: an image left without a box stays in and counts as a miss). ``float``: float boxes, such images skipped.
+COCO_PROTOCOLS: dict[str, dict[str, bool]] = {
+    "lost": {"round_boxes": True, "keep_crowd": False, "skip_empty": False},
+    "float": {"round_boxes": False, "keep_crowd": False, "skip_empty": True},
+}
+
+
+def coco_reader_options(protocol: str = "lost") -> dict[str, bool]:
+    """The COCO reader options of a discovery ground-truth protocol (a key of :data:`COCO_PROTOCOLS`)."""
+    if protocol not in COCO_PROTOCOLS:
+        raise ValueError(f"unknown COCO discovery protocol {protocol!r}; choose from {sorted(COCO_PROTOCOLS)}")
+    return dict(COCO_PROTOCOLS[protocol])
 
 
 def _structure(connectivity: int) -> np.ndarray | None:
@@ -172,6 +205,34 @@ def lost_box(
     return box, {"seed": seed, "similars": similars.tolist(), "mask": mask, "component": comp, "degree": deg}
 
 
+def fiedler_vector(W: np.ndarray, solver: str = "lanczos") -> np.ndarray:
+    """Second-smallest generalised eigenvector x of ``(D - W) x = lambda D x`` (``D = diag(W 1)``), W symmetric
+    with positive degrees; returned in the D-orthonormal scale (``x^T D x = 1``), sign unspecified."""
+    if solver not in EIG_SOLVERS:
+        raise ValueError(f"unknown eigensolver {solver!r}; choose from {EIG_SOLVERS}")
+    d = W.sum(1)
+    if solver == "generalized":
+        _, vecs = scipy.linalg.eigh(np.diag(d) - W, np.diag(d), subset_by_index=[1, 1])
+        return vecs[:, 0]
+    n = W.shape[0]
+    r = 1.0 / np.sqrt(d)
+    M = W * r[:, None] * r[None, :]  # D^-1/2 W D^-1/2: eigenvalues 1 - lambda, top pair (1, D^1/2 1)
+    y = None
+    if solver == "lanczos" and n > 3:
+        u = np.sqrt(d) / np.sqrt(d.sum())
+        Md = M - 2.0 * np.outer(u, u)  # the top eigenvalue 1 moves to -1, below every other one (>= -1)
+        v0 = np.random.default_rng(0).standard_normal(n)
+        try:
+            _, vecs = scipy.sparse.linalg.eigsh(Md, k=1, which="LA", v0=v0, tol=0)
+            y = vecs[:, 0]
+        except scipy.sparse.linalg.ArpackNoConvergence:
+            y = None
+    if y is None:
+        _, vecs = scipy.linalg.eigh(M, subset_by_index=[n - 2, n - 2])
+        y = vecs[:, 0]
+    return y * r
+
+
 def tokencut_box(
     feats: torch.Tensor,
     grid: tuple[int, int],
@@ -180,15 +241,13 @@ def tokencut_box(
     tau: float = 0.2,
     eps: float = 1e-5,
     connectivity: int = 4,
+    solver: str = "lanczos",
 ) -> tuple[list[float], dict]:
     """TokenCut (Normalised Cut on a thresholded cosine graph) on one image's features (N, D)."""
     f = F.normalize(feats.double(), dim=1)
     cos = (f @ f.T).cpu().numpy()
     W = np.where(cos > tau, 1.0, eps)
-    d = W.sum(1)
-    D = np.diag(d)
-    _, vecs = scipy.linalg.eigh(D - W, D, subset_by_index=[1, 1])
-    x = vecs[:, 0]
+    x = fiedler_vector(W, solver)
     part = x > x.mean()
     seed = int(np.argmax(np.abs(x)))
     if not part[seed]:
@@ -200,7 +259,7 @@ def tokencut_box(
     return box, {"seed": seed, "eigvec": x, "partition": part.reshape(h, w), "component": comp}
 
 
-class last_keys:
+class LastKeys:
     """Context manager: a forward hook on ``encoder.blocks[-1].attn.qkv`` that keeps the keys (B, L, D)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -212,7 +271,7 @@ class last_keys:
         d = output.shape[-1] // 3
         self.keys = output[..., d : 2 * d]
 
-    def __enter__(self) -> last_keys:
+    def __enter__(self) -> LastKeys:
         self._h = self.model.encoder.blocks[-1].attn.qkv.register_forward_hook(self._hook)
         return self
 
@@ -251,17 +310,27 @@ class DiscoveryResult:
 
 def model_patch_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Paper Eq. 3 maps (B, h, w) from ``lastvit.analysis.patch_scores`` (the analysis package's definition)."""
-    try:
-        from lastvit.analysis import patch_scores
-    except ImportError:  # the package may not re-export it
-        from lastvit.analysis.scores import patch_scores
-    out = patch_scores(model, images)
-    return out[0] if isinstance(out, tuple) else out
+    return patch_scores(model, images)[0]
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _batches(samples: Iterable[dict], batch_size: int):
+    """Consecutive runs of at most ``batch_size`` samples of the same image size: (index, sample) lists."""
+    run: list[tuple[int, dict]] = []
+    key = None
+    for i, s in enumerate(samples):
+        k = tuple(s["image"].shape[-2:])
+        if run and (k != key or len(run) >= batch_size):
+            yield run
+            run = []
+        key = k
+        run.append((i, s))
+    if run:
+        yield run
 
 
 @torch.no_grad()
@@ -277,50 +346,67 @@ def discover(
     eps: float = 1e-5,
     iou_thr: float = 0.5,
     on_image: Callable[[], None] | None = None,
+    batch_size: int = 1,
+    solver: str = "lanczos",
 ) -> dict[str, DiscoveryResult]:
-    """Run discovery methods image by image (batch 1, as LOST does) and score CorLoc.
+    """Run discovery methods and score CorLoc; batch 1 (as LOST does) unless ``batch_size > 1``.
 
     ``samples`` yields lastvit sample dicts (``image`` (3, H, W) normalised, ``boxes`` (M, 4), ``id``).
-    Each method does its own forward pass so that its time (forward + box extraction, per image) is measured
-    separately; ``images_per_s`` counts images over that time.
+    Each method does its own forward pass so that its time (forward + box extraction) is measured separately;
+    ``images_per_s`` counts images over that time. With ``batch_size > 1``, consecutive images of the same
+    size share a forward pass (boxes are still extracted image by image: the same boxes as batch 1).
+    ``solver`` is TokenCut's eigensolver (:func:`fiedler_vector`).
     """
     device = torch.device(device)
     methods = list(methods)
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown discovery method {m!r}; choose from {METHODS}")
+    if solver not in EIG_SOLVERS:
+        raise ValueError(f"unknown eigensolver {solver!r}; choose from {EIG_SOLVERS}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval().to(device)
     p = model.patch_size
+    npre = model.num_prefix_tokens
     res = {m: DiscoveryResult(m) for m in methods}
-    for i, s in enumerate(samples):
-        img = s["image"]
-        h0, w0 = img.shape[-2:]
-        x = pad_to_patch(img[None].to(device), p)
+    for run in _batches(samples, batch_size):
+        sizes = [tuple(s["image"].shape[-2:]) for _, s in run]
+        x = pad_to_patch(torch.stack([s["image"] for _, s in run]).to(device), p)
         grid = (x.shape[-2] // p, x.shape[-1] // p)
-        gt = s.get("boxes")
-        gt = torch.zeros(0, 4) if gt is None else torch.as_tensor(gt).reshape(-1, 4)
-        sid = str(s.get("id", i))
+        gts = []
+        for _, s in run:
+            gt = s.get("boxes")
+            gts.append(torch.zeros(0, 4) if gt is None else torch.as_tensor(gt).reshape(-1, 4))
         for m in methods:
             _sync(device)
             t0 = time.perf_counter()
+            boxes = []
             if m.startswith("lazystrike"):
                 sc = model_patch_scores(model, x)
-                box, _ = lazystrike_box(sc[0], p, (h0, w0), n_std=n_std, connectivity=connectivity,
-                                        component="largest" if m.endswith("largest") else "top")
+                comp = "largest" if m.endswith("largest") else "top"
+                for j, hw in enumerate(sizes):
+                    boxes.append(lazystrike_box(sc[j], p, hw, n_std=n_std, connectivity=connectivity,
+                                                component=comp)[0])
             else:
-                with last_keys(model) as hook:
+                with LastKeys(model) as hook:
                     model.forward_tokens(x)
-                feats = hook.keys[0, model.num_prefix_tokens :]
-                if m == "lost":
-                    box, _ = lost_box(feats, grid, p, (h0, w0), k_patches=k_patches, connectivity=connectivity)
-                else:
-                    box, _ = tokencut_box(feats, grid, p, (h0, w0), tau=tau, eps=eps, connectivity=connectivity)
+                keys = hook.keys[:, npre:]
+                for j, hw in enumerate(sizes):
+                    if m == "lost":
+                        box, _ = lost_box(keys[j], grid, p, hw, k_patches=k_patches, connectivity=connectivity)
+                    else:
+                        box, _ = tokencut_box(keys[j], grid, p, hw, tau=tau, eps=eps, connectivity=connectivity,
+                                              solver=solver)
+                    boxes.append(box)
             _sync(device)
             r = res[m]
             r.seconds += time.perf_counter() - t0
-            r.ids.append(sid)
-            r.boxes.append(box)
-            r.hits.append(corloc_hits([box], [gt], iou_thr)[0])
+            for (i, s), box, gt in zip(run, boxes, gts, strict=True):
+                r.ids.append(str(s.get("id", i)))
+                r.boxes.append(box)
+                r.hits.append(corloc_hits([box], [gt], iou_thr)[0])
         if on_image is not None:
-            on_image()
+            for _ in run:
+                on_image()
     return res
