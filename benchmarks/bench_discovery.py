@@ -26,7 +26,7 @@ from lastvit.evaluate.discovery import (
     model_patch_scores,
     tokencut_box,
 )
-from lastvit.models import create_model
+from lastvit import create_model
 
 
 def _sync(device: torch.device) -> None:

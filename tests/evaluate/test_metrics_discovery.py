@@ -21,7 +21,7 @@ from lastvit.evaluate.discovery import (
     tokencut_box,
 )
 from lastvit.evaluate.metrics import SegConfusion, box_iou, corloc_hits
-from lastvit.models import create_model
+from lastvit import create_model
 
 
 def test_miou_hand_computed_with_ignore_and_absent_class():
