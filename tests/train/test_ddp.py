@@ -15,7 +15,7 @@ from lastvit import create_model
 from lastvit.data import SyntheticConfig, SyntheticDataset
 from lastvit.train import fit, load_config
 
-RECIPE = "configs/synthetic/tiny_smoke.yaml"
+RECIPE = "tiny_smoke"
 # 21 val images: rank 0 gets 11, rank 1 gets 10 (batches of 8: [8, 3] and [8, 2])
 OVERRIDES = ["trainer.max_steps=6", "trainer.val_every=6", "trainer.ckpt_every=0", "data.val_size=21",
              "data.global_batch=16"]

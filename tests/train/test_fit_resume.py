@@ -13,7 +13,7 @@ from lastvit.cli import main
 from lastvit.train import fit, load_config
 from lastvit.train.classify import ClassifyModule
 
-RECIPE = "configs/synthetic/tiny_smoke.yaml"
+RECIPE = "tiny_smoke"
 
 
 class _Crash(Callback):

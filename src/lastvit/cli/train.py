@@ -1,4 +1,4 @@
-"""``lastvit train --config RECIPE.yaml [key.path=value ...] [--resume]``."""
+"""``lastvit train --config NAME_OR_PATH [key.path=value ...] [--resume]``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train from a YAML recipe. Overrides are dotted keys with YAML values, e.g. "
         "trainer.devices=8 trainer.num_nodes=4 trainer.max_steps=100 model.aggregator=cls. See docs/training.md.",
     )
-    p.add_argument("--config", required=True, help="recipe file (configs/synthetic/*.yaml, configs/imagenet/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="a packaged recipe name (label_synthetic, text_synthetic, self_synthetic, micro_synthetic, "
+                        "tiny_smoke) or a YAML file (configs/imagenet/vit_b16.yaml, ...)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out_dir>/checkpoints/last.ckpt (same as trainer.resume=true)")

@@ -9,19 +9,11 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from typing import Any
 
-import yaml
+from lastvit.recipes import ConfigError, apply_overrides, load_recipe
 
 __all__ = ["ConfigError", "DEFAULTS", "load_config", "apply_overrides", "resolve_config", "per_device_batch"]
-
-
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class ConfigError(ValueError):
-    """A recipe that cannot be used; the message names the file (or 'config') and the problem."""
 
 
 TASKS = ("classify", "clip", "dino")
@@ -97,38 +89,6 @@ def _merge(base: dict[str, Any], new: dict[str, Any], where: str, src: str) -> d
     return out
 
 
-def _set_dotted(cfg: dict[str, Any], key: str, value: Any, src: str) -> None:
-    parts = key.split(".")
-    node = cfg
-    for i, p in enumerate(parts[:-1]):
-        if not isinstance(node, dict):
-            raise ConfigError(f"{src}: override {key!r}: {'.'.join(parts[:i])} is not a section")
-        node = node.setdefault(p, {})
-    if not isinstance(node, dict):
-        raise ConfigError(f"{src}: override {key!r}: parent is not a section")
-    node[parts[-1]] = value
-
-
-def apply_overrides(cfg: dict[str, Any], overrides: list[str] | None, src: str = "overrides") -> dict[str, Any]:
-    """Apply ``key.path=value`` strings (values parsed as YAML) to a raw config dict (a copy is returned)."""
-    cfg = copy.deepcopy(cfg)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"{src}: override {item!r} is not of the form key.path=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"{src}: override {item!r} has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{src}: override {item!r}: value is not valid YAML ({e})") from None
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads "2e-3" as a string
-        _set_dotted(cfg, key, value, src)
-    return cfg
-
-
 def per_device_batch(cfg: dict[str, Any], src: str = "config") -> int:
     """``data.global_batch / (devices * num_nodes * accumulate)``; an error when it does not divide."""
     t = cfg["trainer"]
@@ -177,15 +137,10 @@ def resolve_config(raw: dict[str, Any], src: str = "config") -> dict[str, Any]:
     return cfg
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML recipe, apply dotted overrides, fill defaults and check it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such recipe file")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    raw = apply_overrides(raw, overrides, src=path)
-    return resolve_config(raw, src=path)
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, *,
+                variant: str | None = None) -> dict[str, Any]:
+    """Read a recipe (a packaged name such as ``"label_synthetic"`` or a YAML path), apply dotted overrides, fill
+    defaults and check it (:func:`lastvit.recipes.load_recipe`)."""
+    raw = load_recipe(path, overrides, variant=variant)
+    p = os.fspath(path)
+    return resolve_config(raw, src=p if os.path.isfile(p) else str(p))
