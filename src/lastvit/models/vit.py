@@ -3,22 +3,44 @@
 The encoder keeps its class token (and registers, if any) in the sequence under every readout, as the released
 LaSt-ViT does; only the readout decides what the global representation is. ``forward_tokens`` is the one place
 that knows how many prefix tokens there are.
+
+The token path is public and walked in ONE place (the shape of timm's ``forward_intermediates`` and dinov2's
+``get_intermediate_layers``): :meth:`LastViT.embed` (patch embedding, position embedding resampled the source
+family's way, prefix tokens, ``norm_pre``), :meth:`LastViT.attn_mask` (window attention),
+:meth:`LastViT.forward_blocks` (the blocks, with window masks, token dropping and intermediate taps) and
+:meth:`LastViT.forward_intermediates`. Code outside this module never calls timm's private ``_pos_embed`` or
+re-walks the blocks.
+
+Position-embedding resampling at a grid other than the native one (arch key ``pos_interp``):
+
+* ``"timm"`` (default): timm's ``resample_abs_pos_embed`` -- bicubic, ``antialias=True``, to ``size=(h, w)``;
+* ``"dino"``: DINO's ``interpolate_pos_encoding`` (facebookresearch/dino ``vision_transformer.py``) -- bicubic,
+  ``align_corners=False``, no antialiasing, ``scale_factor=((h + 0.1) / h0, (w + 0.1) / w0)`` for a native grid
+  ``h0 x w0`` (``sqrt(N)`` each in DINO), untouched when the grid is square with the native count. SCLIP, ClearCLIP
+  and NACLIP resample their CLIP towers with the same formula;
+* ``"open_clip"``: bicubic, ``align_corners=False``, no antialiasing, to ``size=(h, w)`` (a plain resize of the grid).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from lastvit.aggregate import build_aggregator
 
-__all__ = ["LastViT", "TokenRecord", "ARCH_DEFAULTS", "PRESETS", "build_encoder"]
+__all__ = ["LastViT", "TokenRecord", "ARCH_DEFAULTS", "PRESETS", "POS_INTERP", "as_vit", "build_encoder"]
+
+# How position embeddings are resampled to a non-native grid (arch key ``pos_interp``; see the module docstring).
+POS_INTERP = ("timm", "dino", "open_clip")
 
 # Architecture keys a LastViT records (and checkpoints infer); everything else uses timm's defaults.
 ARCH_DEFAULTS: dict[str, Any] = {
@@ -38,6 +60,7 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "init_values": None,  # LayerScale init (DINOv2-style blocks carry ls1/ls2 gammas)
     "window_size": 0,  # >0: window attention of this size in `window_layers` (paper Table 2 study)
     "window_layers": None,  # list of block indices, or None for all blocks (when window_size > 0)
+    "pos_interp": "timm",  # position-embedding resampling: "timm" | "dino" | "open_clip" (module docstring)
 }
 
 # Small named architectures for CPU work; any timm ViT name works as well.
@@ -126,6 +149,8 @@ class LastViT(nn.Module):
         unknown = set(arch) - set(ARCH_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {sorted(ARCH_DEFAULTS)}")
+        if arch["pos_interp"] not in POS_INTERP:
+            raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {arch['pos_interp']!r}")
         if head not in ("linear", "proj", "none"):
             raise ValueError(f"head must be 'linear', 'proj' or 'none', got {head!r}")
         self.arch = arch
@@ -195,30 +220,224 @@ class LastViT(nn.Module):
             raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
         return h // p, w // p
 
-    def _attn_mask(self, grid: tuple[int, int], device) -> torch.Tensor | None:
+    @property
+    def depth(self) -> int:
+        return len(self.encoder.blocks)
+
+    def _window_layers(self) -> set[int]:
+        layers = self.arch.get("window_layers")
+        return set(range(self.depth)) if layers is None else {int(i) % self.depth for i in layers}
+
+    def _block_index(self, i: int) -> int:
+        n = self.depth
+        if not -n <= int(i) < n:
+            raise ValueError(f"block index {i} is out of range for a {n}-block model (valid: {-n}..{n - 1})")
+        return int(i) % n
+
+    # ------------------------------------------------------------------ token path (the one place)
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """The encoder's position embedding resampled to ``grid`` the ``arch["pos_interp"]`` way.
+
+        Shape (1, E + h * w, D) with E = 0 when the prefix tokens carry no position (``no_embed_class``), else the
+        number of prefix tokens; ``None`` when the encoder has no position embedding.
+        """
+        enc = self.encoder
+        pe = enc.pos_embed
+        if pe is None:
+            return None
+        ep = 0 if enc.no_embed_class else enc.num_prefix_tokens
+        old = tuple(int(g) for g in enc.patch_embed.grid_size)
+        h, w = int(grid[0]), int(grid[1])
+        mode = self.arch.get("pos_interp", "timm")
+        if mode == "timm":
+            return resample_abs_pos_embed(pe, new_size=[h, w], old_size=list(old), num_prefix_tokens=ep)
+        if mode == "dino":
+            if h * w == old[0] * old[1] and h == w:  # DINO's early-out: same count, square input
+                return pe
+            kw: dict[str, Any] = dict(scale_factor=((h + 0.1) / old[0], (w + 0.1) / old[1]))
+        elif mode == "open_clip":
+            if (h, w) == old:
+                return pe
+            kw = dict(size=(h, w))
+        else:  # validated in __init__; a hand-edited arch dict lands here
+            raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {mode!r}")
+        prefix, patch = pe[:, :ep], pe[:, ep:]
+        d = patch.shape[-1]
+        grid_pe = patch.float().reshape(1, old[0], old[1], d).permute(0, 3, 1, 2)
+        grid_pe = F.interpolate(grid_pe, mode="bicubic", align_corners=False, **kw)
+        if tuple(grid_pe.shape[-2:]) != (h, w):  # DINO asserts the same
+            raise RuntimeError(f"{mode} resampling gave a {tuple(grid_pe.shape[-2:])} grid, expected {(h, w)}")
+        patch = grid_pe.permute(0, 2, 3, 1).reshape(1, h * w, d).to(pe.dtype)
+        return torch.cat([prefix, patch], dim=1)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Tokens entering the first block (B, P + N, D) and the grid (h, w).
+
+        Patch embedding, position embedding (resampled per ``arch["pos_interp"]``), class token and registers
+        prepended, patch dropout (identity in eval) and ``norm_pre`` -- the same path as timm's
+        ``forward_features`` before its blocks.
+        """
+        enc = self.encoder
+        grid = self.grid_size(images)
+        x = enc.patch_embed(images)  # (B, h, w, D): dynamic_img_size gives NHWC
+        if self.arch.get("pos_interp", "timm") == "timm":
+            x = enc._pos_embed(x)  # timm's own path, bit for bit
+        else:
+            b, d = x.shape[0], x.shape[-1]
+            x = x.reshape(b, -1, d)
+            prefix = []
+            if enc.cls_token is not None:
+                prefix.append(enc.cls_token.expand(b, -1, -1))
+            if enc.reg_token is not None:
+                prefix.append(enc.reg_token.expand(b, -1, -1))
+            pe = self.position_embedding(grid)
+            if pe is not None and enc.no_embed_class:
+                x = x + pe
+            if prefix:
+                x = torch.cat([*prefix, x], dim=1)
+            if pe is not None and not enc.no_embed_class:
+                x = x + pe
+            x = enc.pos_drop(x)
+        return enc.norm_pre(enc.patch_drop(x)), grid
+
+    def attn_mask(
+        self, grid: tuple[int, int], *, keep: torch.Tensor | None = None, device=None
+    ) -> torch.Tensor | None:
+        """Window-attention mask (True = may attend), or ``None`` when the model attends globally.
+
+        (L, L) for the full sequence, or (B, 1, P + n, P + n) for the kept patches ``keep`` (B, n) (row-major
+        indices): a patch attends to the kept patches of its own (window x window) cell, prefix tokens attend to
+        everything. It applies to the blocks in ``arch["window_layers"]`` (all blocks when None).
+        """
         ws = int(self.arch.get("window_size") or 0)
         if ws <= 0:
             return None
-        key = (grid, ws, str(device))
+        if keep is not None:
+            h, w = grid
+            idx = torch.arange(h * w, device=keep.device)
+            cell = (idx // w) // ws * ((w + ws - 1) // ws) + (idx % w) // ws
+            kc = cell[keep]  # (B, n)
+            b, n = keep.shape
+            p = self.num_prefix_tokens
+            mask = torch.ones(b, 1, p + n, p + n, dtype=torch.bool, device=keep.device)
+            mask[:, 0, p:, p:] = kc[:, :, None] == kc[:, None, :]
+            return mask
+        device = torch.device("cpu") if device is None else torch.device(device)
+        key = (tuple(grid), ws, str(device))
         m = self._window_cache.get(key)
         if m is None:
             m = _window_attention_mask(*grid, ws, self.num_prefix_tokens, device)
             self._window_cache[key] = m
         return m
 
+    def forward_blocks(
+        self,
+        tokens: torch.Tensor,
+        grid: tuple[int, int],
+        *,
+        upto: int | None = None,
+        keep: torch.Tensor | None = None,
+        indices: Sequence[int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the blocks on ``tokens`` (B, P + N, D) from :meth:`embed`: the one block loop of lastvit.
+
+        Args:
+            grid: the patch grid (h, w) of ``tokens``.
+            upto: run only blocks ``0 .. upto - 1`` (e.g. ``depth - 1``: the input of the last block).
+            keep: (B, n) row-major patch indices; only the prefix tokens and these patches enter the blocks
+                (token dropping; window attention is restricted to kept patches of the same window).
+            indices: block indices (negative allowed) whose outputs are also returned.
+
+        Returns:
+            the token sequence after the last block run (no final norm) -- (B, P + n, D) -- and, with ``indices``,
+            the list of the chosen blocks' outputs in the order given.
+        """
+        n_run = self.depth if upto is None else int(upto)
+        if not 0 <= n_run <= self.depth:
+            raise ValueError(f"upto={upto} is out of range for a {self.depth}-block model")
+        x = tokens
+        p = self.num_prefix_tokens
+        if keep is not None:
+            if keep.ndim != 2 or keep.shape[0] != x.shape[0]:
+                raise ValueError(f"keep must be (B, n) patch indices, got shape {tuple(keep.shape)}")
+            keep = keep.to(x.device)
+            patches = torch.gather(x[:, p:], 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+            x = torch.cat([x[:, :p], patches], dim=1)
+        mask = self.attn_mask(grid, keep=keep, device=x.device)
+        take = None if indices is None else [self._block_index(i) for i in indices]
+        blocks = self.encoder.blocks
+        ckpt = self.encoder.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        if mask is None and take is None and not ckpt:
+            x = blocks[:n_run](x) if n_run < self.depth else blocks(x)
+            return x
+        windowed = self._window_layers() if mask is not None else set()
+        outs: dict[int, torch.Tensor] = {}
+        for i in range(n_run):
+            blk = blocks[i]
+            m = mask if i in windowed else None
+            if ckpt:
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(blk, x, m, use_reentrant=False)
+            else:
+                x = blk(x, attn_mask=m) if m is not None else blk(x)
+            if take is not None and i in take:
+                outs[i] = x
+        if take is None:
+            return x
+        missing = [i for i in take if i not in outs]
+        if missing:
+            raise ValueError(f"indices {missing} lie beyond upto={n_run}")
+        return x, [outs[i] for i in take]
+
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        return_prefix_tokens: bool = False,
+        stop_early: bool = False,
+    ) -> tuple[torch.Tensor | None, list]:
+        """Final-normed tokens and intermediate block outputs, in the shape of timm's ``forward_intermediates``.
+
+        Args:
+            indices: an int n takes the last n blocks, a sequence takes those blocks (negative allowed), None all.
+            norm: apply the final norm to each intermediate.
+            output_fmt: ``"NCHW"`` (B, D, h, w) patch maps or ``"NLC"`` (B, N, D).
+            return_prefix_tokens: each intermediate becomes ``(patches, prefix)``.
+            stop_early: stop after the deepest requested block; the first return value is then ``None``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        if indices is None:
+            take = list(range(self.depth))
+        elif isinstance(indices, int):
+            if not 0 < indices <= self.depth:
+                raise ValueError(f"indices={indices}: take 1..{self.depth} last blocks")
+            take = list(range(self.depth - indices, self.depth))
+        else:
+            take = [self._block_index(i) for i in indices]
+        tokens, grid = self.embed(images)
+        upto = max(take) + 1 if (stop_early and take) else None
+        x, inter = self.forward_blocks(tokens, grid, upto=upto, indices=take)
+        p = self.num_prefix_tokens
+        enc = self.encoder
+        out = []
+        for y in inter:
+            y = enc.norm(y) if norm else y
+            pre, pat = y[:, :p], y[:, p:]
+            if output_fmt == "NCHW":
+                pat = pat.reshape(pat.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous()
+            out.append((pat, pre) if return_prefix_tokens else pat)
+        final = None if upto is not None and upto < self.depth else enc.norm(x)
+        return final, out
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Final-normed token sequence (B, P + N, D)."""
-        enc = self.encoder
-        grid = self.grid_size(images)
-        mask = self._attn_mask(grid, images.device)
-        if mask is None:
-            return enc.forward_features(images)
-        layers = self.arch.get("window_layers")
-        layers = set(range(len(enc.blocks))) if layers is None else set(layers)
-        x = enc.norm_pre(enc.patch_drop(enc._pos_embed(enc.patch_embed(images))))
-        for i, blk in enumerate(enc.blocks):
-            x = blk(x, attn_mask=mask) if i in layers else blk(x)
-        return enc.norm(x)
+        tokens, grid = self.embed(images)
+        return self.encoder.norm(self.forward_blocks(tokens, grid))
 
     def split(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(prefix, patches) from a token sequence."""
@@ -244,3 +463,13 @@ class LastViT(nn.Module):
     def cls_output(self, rec: TokenRecord) -> torch.Tensor | None:
         """The class-token output of a record, or None when the encoder has no class token."""
         return rec.prefix[:, 0] if self.encoder.has_class_token else None
+
+
+def as_vit(model: nn.Module) -> LastViT:
+    """The ``LastViT`` of ``model``: the image tower (``.visual``) of a CLIP, the model itself otherwise."""
+    if isinstance(model, LastViT):
+        return model
+    visual = getattr(model, "visual", None)
+    if isinstance(visual, LastViT):
+        return visual
+    raise TypeError(f"expected a LastViT or a CLIP with a LastViT image tower, got {type(model).__name__}")
