@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lastvit.evaluate.dense import VARIANTS, dense_features, neighbourhood_prior
+from lastvit import create_model
+from lastvit.evaluate.dense import VARIANTS, dense_features, fvit_taps, neighbourhood_prior
 from lastvit.evaluate.zeroshot_seg import (
     ZeroShotSegConfig,
     evaluate_zeroshot_seg,
@@ -13,7 +14,6 @@ from lastvit.evaluate.zeroshot_seg import (
     slide_inference,
     window_logits,
 )
-from lastvit.models import create_model
 
 
 def _tiny_vit(**kw):
@@ -24,7 +24,7 @@ def _tiny_vit(**kw):
 def _manual_last_block(vit, images, variant, std=5.0):
     """Reference: the definitions written out per head with explicit einsums."""
     enc = vit.encoder
-    x = enc.norm_pre(enc._pos_embed(enc.patch_embed(images)))
+    x, _ = vit.embed(images)  # the token path before the blocks (tested in tests/core/test_token_path.py)
     for blk in enc.blocks[:-1]:
         x = blk(x)
     blk = enc.blocks[-1]
@@ -50,8 +50,9 @@ def _manual_last_block(vit, images, variant, std=5.0):
     if variant == "vanilla":
         x = x + out(qk.softmax(-1))
         x = x + blk.mlp(blk.norm2(x))
-    elif variant == "maskclip":
-        x = blk.attn.proj(v.reshape(B, L, D))
+    elif variant in ("maskclip", "fvit"):  # MaskCLIP / F-ViT: attention -> value path; residual and FFN kept
+        x = x + blk.attn.proj(v.reshape(B, L, D))
+        x = x + blk.mlp(blk.norm2(x))
     elif variant == "sclip":
         x = x + out(qq.softmax(-1) + kk.softmax(-1))
         x = x + blk.mlp(blk.norm2(x))
@@ -80,6 +81,58 @@ def test_variants_match_manual_definitions(variant):
     if variant == "vanilla":
         with torch.no_grad():
             torch.testing.assert_close(got, vit.head(vit.forward_tokens(imgs).patches))
+
+
+def test_maskclip_keeps_residual_and_ffn():
+    """MaskCLIP's definition (issue 14.2): the residual and FFN stay, so the output is not ClearCLIP-like proj(v)."""
+    vit = _tiny_vit()
+    imgs = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        x, _ = vit.embed(imgs)
+        for blk in vit.encoder.blocks[:-1]:
+            x = blk(x)
+        blk = vit.encoder.blocks[-1]
+        d = x.shape[-1]
+        v = blk.norm1(x) @ blk.attn.qkv.weight[2 * d :].T + blk.attn.qkv.bias[2 * d :]
+        dropped = vit.head(vit.encoder.norm(blk.attn.proj(v))[:, 1:])  # the old reading
+        got, _ = dense_features(vit, imgs, "maskclip")
+    assert (got - dropped).abs().max() > 1e-3
+
+
+def test_fvit_taps_by_hand():
+    """Taps after the chosen blocks (raw, CLS dropped, (D, h, w)) and the dense map of the F-ViT last block."""
+    torch.manual_seed(0)
+    vit = create_model("vit_micro_patch8_64", num_classes=0, head="proj", head_dim=16, reg_tokens=1).eval()
+    imgs = torch.randn(2, 3, 24, 32)
+    with torch.no_grad():
+        x, _ = vit.embed(imgs)
+        outs = []
+        for blk in vit.encoder.blocks[:-1]:
+            x = blk(x)
+            outs.append(x)
+        blk = vit.encoder.blocks[-1]
+        d = x.shape[-1]
+        v = blk.norm1(x) @ blk.attn.qkv.weight[2 * d :].T + blk.attn.qkv.bias[2 * d :]
+        y = x + blk.attn.proj(v)
+        y = y + blk.mlp(blk.norm2(y))
+        outs.append(y)
+        taps, dense = fvit_taps(vit, imgs, [1, -1, 0])
+        no_taps, dense_np = fvit_taps(vit, imgs, [], project=False)
+
+    def as_map(t):  # drop class token + register, (B, h*w, C) -> (B, C, 3, 4)
+        return t[:, 2:].reshape(2, 3, 4, -1).permute(0, 3, 1, 2)
+
+    assert [tuple(t.shape) for t in taps] == [(2, 96, 3, 4)] * 3
+    for t, i in zip(taps, [1, 3, 0]):
+        torch.testing.assert_close(t, as_map(outs[i]))
+    torch.testing.assert_close(dense, as_map(vit.head(vit.encoder.norm(y))))
+    assert no_taps == []
+    torch.testing.assert_close(dense_np, as_map(vit.encoder.norm(y)))
+    # the dense map is the fvit dense feature
+    feats, _ = dense_features(vit, imgs, "fvit")
+    torch.testing.assert_close(dense, feats.reshape(2, 3, 4, -1).permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="out of range"):
+        fvit_taps(vit, imgs, [4])
 
 
 def test_neighbourhood_prior_values():
