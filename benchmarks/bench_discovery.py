@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from lastvit import create_model
 from lastvit.evaluate.discovery import (
     LastKeys,
     lazystrike_box,
@@ -26,7 +27,6 @@ from lastvit.evaluate.discovery import (
     model_patch_scores,
     tokencut_box,
 )
-from lastvit import create_model
 
 
 def _sync(device: torch.device) -> None:

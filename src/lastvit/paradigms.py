@@ -155,7 +155,7 @@ def run_one(paradigm: str, readout: str, *, out: str | Path, seed: int = 0, quic
 
         backbone, predict, masking = fit(cfg)["model"], "head", True
     elif paradigm == "text":
-        from lastvit.models.clip import zero_shot_classifier
+        from lastvit.evaluate.zeroshot import zero_shot_classifier
         from lastvit.train.clip import fit as clip_fit
 
         clip = clip_fit(cfg)["model"].eval()

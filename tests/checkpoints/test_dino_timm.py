@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import pathlib
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 import lastvit
-from lastvit.checkpoints import CheckpointError, read_checkpoint
+from lastvit.checkpoints import CheckpointError, read_checkpoint, safe_torch_load
 
 _spec = importlib.util.spec_from_file_location("_ckpt_builders", pathlib.Path(__file__).with_name("_builders.py"))
 B = importlib.util.module_from_spec(_spec)
@@ -49,9 +50,18 @@ def test_dino_teacher_default_student_on_request(tmp_path):
     assert conv.format == "dino" and conv.head == ("none", 0)
     assert len(conv.skipped["dino head"]) == 6 and "dino student branch" in conv.skipped
     assert sorted(conv.skipped["trainer state"]) == ["args", "dino_loss", "epoch", "optimizer"]
-    assert any("weights_only=False" in n for n in conv.notes)  # argparse.Namespace needs full unpickling
-    with pytest.raises(CheckpointError, match="argparse.Namespace"):
-        read_checkpoint(path, allow_pickle=False)
+    # DINO's argparse.Namespace is on the allow-list: read with weights_only=True, no opt-in needed
+    assert not any("weights_only=False" in n for n in conv.notes)
+    assert any("allow-listed" in n and "argparse.Namespace" in n for n in conv.notes)
+    assert read_checkpoint(path, allow_pickle=False).format == "dino"
+    # an object off the allow-list in the same layout: refused by default, naming it; read only on request
+    obj, _ = safe_torch_load(path)
+    obj["args"] = functools.partial(int, "1")
+    torch.save(obj, tmp_path / "dino_partial.pth")
+    with pytest.raises(CheckpointError, match="functools.partial"):
+        read_checkpoint(tmp_path / "dino_partial.pth")
+    conv_p = read_checkpoint(tmp_path / "dino_partial.pth", allow_pickle=True)
+    assert any("weights_only=False" in n for n in conv_p.notes)
     with torch.no_grad():
         ref_t, ref_s = teacher.forward_features(X), student.forward_features(X)
         mt = lastvit.create_model(checkpoint=str(path), aggregator="cls", num_heads=2).eval()
@@ -76,7 +86,9 @@ def test_dino_backbone_only_and_timm_head(tmp_path):
         assert torch.allclose(lv(X), m(X), atol=1e-5)
     # a whole pickled module (torch.save(model)) is read through its state_dict
     torch.save(m, tmp_path / "module.pth")
-    conv2 = read_checkpoint(tmp_path / "module.pth")
+    with pytest.raises(CheckpointError, match="timm.models.vision_transformer.VisionTransformer"):
+        read_checkpoint(tmp_path / "module.pth")  # a pickled module needs its classes: only with the opt-in
+    conv2 = read_checkpoint(tmp_path / "module.pth", allow_pickle=True)
     assert conv2.format == "timm" and any("pickled VisionTransformer" in n for n in conv2.notes)
     assert all(torch.equal(conv2.state_dict[k], v) for k, v in conv.state_dict.items())
     # backbone-only (DINO release style) -> no head, pooled token

@@ -78,7 +78,8 @@ def test_detectron2_release_layout(tv, x, tmp_path):
     obj_np = {"model": {k: v.numpy() for k, v in sd.items()}, "iteration": 10, "__author__": "someone"}
     torch.save(obj_np, tmp_path / "np.pkl")
     conv_np = read_checkpoint(tmp_path / "np.pkl")
-    assert conv_np.format == "detectron2" and any("weights_only=False" in n for n in conv_np.notes)
+    assert conv_np.format == "detectron2" and not any("weights_only=False" in n for n in conv_np.notes)
+    assert any("allow-listed" in n and "numpy" in n for n in conv_np.notes)  # numpy is on the allow-list
     assert all(torch.equal(conv_np.state_dict[k], v) for k, v in conv.state_dict.items())
     # load into an existing model; the report names the skipped trainer state
     m2 = lastvit.create_model(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32, mlp_ratio=2.0,

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lastvit.models.clip import clip_loss
+from lastvit.models.clip_loss import clip_loss
 
 
 def features(seed: int = 0):

@@ -11,7 +11,9 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 import lastvit
 from lastvit.aggregate import LazyStrike
-from lastvit.models.clip import CLIP, ClipLoadError, dense_text_similarity, load_clip, save_clip
+from lastvit.checkpoints.clip import ClipLoadError, load_clip, save_clip
+from lastvit.evaluate.zeroshot import dense_text_similarity
+from lastvit.models.clip import CLIP
 
 CTX = 12
 ARCH_KW = dict(num_heads=2, text_heads=2)  # head counts are not stored in CLIP weights
@@ -57,7 +59,8 @@ def test_open_clip_state_dict_and_training_checkpoint(tmp_path, inputs):
     for path in (plain, train):
         ours = lastvit.create_model(checkpoint=str(path), aggregator="cls", **ARCH_KW).eval()
         assert isinstance(ours, CLIP) and not ours.quick_gelu
-        assert ours.load_report == {"missing": [], "unexpected": [], "mismatched": []}
+        rep = ours.load_report  # the one LoadReport of every format
+        assert (rep.missing, rep.unexpected, rep.mismatched) == ([], [], []) and rep.ok
         _compare(ours, ref, inputs)
 
 
@@ -133,7 +136,7 @@ def test_strict_report_names_file(tmp_path):
     with pytest.raises(ValueError, match="broken_clip.pt"):
         lastvit.create_model(checkpoint=str(path), aggregator="cls", **ARCH_KW)
     partial = lastvit.create_model(checkpoint=str(path), aggregator="cls", strict=False, **ARCH_KW)
-    assert partial.load_report["missing"] == ["text.ln_final.weight"]
+    assert partial.load_report.missing == ["text.ln_final.weight"]
     with pytest.raises(ClipLoadError, match="not a lastvit CLIP"):
         torch.save({"a": torch.zeros(1)}, tmp_path / "junk.pt")
         load_clip(tmp_path / "junk.pt")

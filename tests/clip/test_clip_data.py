@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from lastvit.data.text import ImageTextCSV, ImageTextTar, TokenizingCollate, clip_transform
-from lastvit.models.clip import ClipTokenizer
+from lastvit.data.tokenizer import ClipTokenizer
 
 
 def _png(colour, size=(20, 12)) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from lastvit.models.clip import clip_loss
+from lastvit.models.clip_loss import clip_loss
 
 
 def test_clip_loss_hand_computed():

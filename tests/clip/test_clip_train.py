@@ -9,8 +9,9 @@ import torch
 from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
+from lastvit.checkpoints.clip import load_clip
 from lastvit.data import SHAPES
-from lastvit.models.clip import CLIP, load_clip
+from lastvit.models.clip import CLIP
 from lastvit.train.clip import ClipModule, build, fit, resolve_config
 
 TINY = {

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lastvit.models.clip import CLIP, ClipTokenizer, load_templates, zero_shot_accuracy, zero_shot_classifier
+from lastvit.data.tokenizer import ClipTokenizer
+from lastvit.evaluate.zeroshot import load_templates, zero_shot_accuracy, zero_shot_classifier
+from lastvit.models.clip import CLIP
 
 
 class _HandModel:

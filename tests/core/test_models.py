@@ -5,7 +5,7 @@ import torch
 
 import lastvit
 from lastvit.models import LastViT
-from lastvit.models.factory import arch_from_timm
+from lastvit.models.arch import arch_from_timm
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from lastvit import create_model
 from lastvit.cli import main
 from lastvit.data.synthetic import SyntheticConfig, SyntheticDataset
 from lastvit.demo import evaluate_readout
-from lastvit.models import create_model
 from lastvit.paradigms import paradigm_recipe
 from lastvit.study import run_study
 

@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
+from lastvit import create_model
 from lastvit.aggregate import LazyStrike
-from lastvit.models import create_model
 from lastvit.models.dino import (
     DINOHead,
     DINOLoss,

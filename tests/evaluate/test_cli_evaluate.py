@@ -55,8 +55,8 @@ def voc(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vit_ckpt(tmp_path_factory):
+    from lastvit import create_model
     from lastvit.checkpoints import save_checkpoint
-    from lastvit.models import create_model
 
     torch.manual_seed(0)
     m = create_model("vit_micro_patch8_64", num_classes=4)
@@ -119,7 +119,8 @@ def test_coarse_seg_cli_on_a_synthetic_tree_uses_its_masks(vit_ckpt, tmp_path):
 
 
 def test_zeroshot_seg_cli_voc21(voc, tmp_path):
-    from lastvit.models.clip import CLIP, save_clip
+    from lastvit.checkpoints.clip import save_clip
+    from lastvit.models.clip import CLIP
 
     torch.manual_seed(0)
     clip = CLIP("vit_micro_patch8_64", text=dict(context_length=16, vocab_size=64, width=32, heads=2, layers=1),
@@ -142,7 +143,8 @@ def test_zeroshot_seg_cli_voc21(voc, tmp_path):
 
 
 def test_zeroshot_seg_cli_on_a_synthetic_tree(tmp_path):
-    from lastvit.models.clip import CLIP, save_clip
+    from lastvit.checkpoints.clip import save_clip
+    from lastvit.models.clip import CLIP
 
     syn = tmp_path / "syn"
     assert main(["data", "synth", "--demo", "--out", str(syn), "--splits", "test", "--size", "3"]) == 0
@@ -220,7 +222,8 @@ def test_discovery_cli_coco20k_image_list(tmp_path, vit_ckpt):
 
 
 def test_zeroshot_seg_cli_mmseg_layout_reduce_zero(tmp_path):
-    from lastvit.models.clip import CLIP, save_clip
+    from lastvit.checkpoints.clip import save_clip
+    from lastvit.models.clip import CLIP
 
     root = tmp_path / "ade"
     (root / "images" / "validation").mkdir(parents=True)

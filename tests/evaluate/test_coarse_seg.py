@@ -1,7 +1,7 @@
 import torch
 
+from lastvit import create_model
 from lastvit.evaluate.coarse_seg import evaluate_coarse_seg, jaccard, mask_to_pixels, threshold_scores
-from lastvit.models import create_model
 
 
 def test_mass_threshold_keeps_top_mass():

@@ -8,6 +8,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
+from lastvit import create_model
 from lastvit.data.readers import build_eval_dataset
 from lastvit.evaluate.discovery import (
     COCO_PROTOCOLS,
@@ -21,7 +22,6 @@ from lastvit.evaluate.discovery import (
     tokencut_box,
 )
 from lastvit.evaluate.metrics import SegConfusion, box_iou, corloc_hits
-from lastvit import create_model
 
 
 def test_miou_hand_computed_with_ignore_and_absent_class():

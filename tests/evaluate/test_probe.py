@@ -1,7 +1,7 @@
 import torch
 
+from lastvit import create_model
 from lastvit.evaluate.probe import extract_features, knn_classify, linear_probe, topk_accuracy
-from lastvit.models import create_model
 
 
 def _blobs(n_per: int, seed: int):

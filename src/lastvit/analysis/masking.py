@@ -7,9 +7,9 @@ Two ways to remove a patch:
   lastvit datasets; it is kept as a name because papers use it); ``"noise"`` writes N(0, 1) noise, i.e. noise with the
   dataset's per-channel statistics (seeded, deterministic).
 * ``mode="token"``: the selected patch tokens leave the sequence. The patches are embedded, the position embedding is
-  added, then only the prefix tokens (class token, registers) and the kept patches run through the blocks; the
-  readout pools over the kept patches only. Window attention (if the model has it) is restricted to kept tokens
-  of the same window. At least one patch is always kept in this mode.
+  added (``LastViT.embed``), then only the prefix tokens (class token, registers) and the kept patches run through the
+  blocks (``LastViT.forward_blocks(keep=...)``); the readout pools over the kept patches only. Window attention (if
+  the model has it) is restricted to kept tokens of the same window. At least one patch is always kept in this mode.
 
 The scores come from the one clean forward per batch; every removal level then costs one forward of the three
 orders stacked (3 x B images), so L levels cost 3L forwards per image (level 0 reuses the clean pass).
@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lastvit.models.vit import LastViT
 
 __all__ = [
     "embed_tokens",
@@ -39,25 +41,9 @@ ORDERS = ("high", "low", "random")
 FILLS = ("zero", "mean", "noise")
 
 
-def _window_mask_kept(model: nn.Module, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
-    ws = int(model.arch.get("window_size") or 0)
-    if ws <= 0:
-        return None
-    h, w = grid
-    idx = torch.arange(h * w, device=keep.device)
-    cell = (idx // w) // ws * ((w + ws - 1) // ws) + (idx % w) // ws
-    kc = cell[keep]  # (B, n)
-    b, n = keep.shape
-    p = model.num_prefix_tokens
-    mask = torch.ones(b, 1, p + n, p + n, dtype=torch.bool, device=keep.device)
-    mask[:, 0, p:, p:] = kc[:, :, None] == kc[:, None, :]
-    return mask
-
-
 def embed_tokens(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Patch embedding + position embedding with the prefix tokens prepended: (B, P + N, D), before the blocks."""
-    enc = model.encoder
-    return enc._pos_embed(enc.patch_embed(images))
+    """Tokens entering the first block (B, P + N, D): ``model.embed`` (patches, position, prefix, ``norm_pre``)."""
+    return model.embed(images)[0]
 
 
 def encode_kept(
@@ -65,23 +51,13 @@ def encode_kept(
 ) -> torch.Tensor:
     """Final-normed tokens (B, P + n, D) when only patches ``keep`` (B, n) (row-major indices) enter the blocks.
 
-    ``embedded`` (from :func:`embed_tokens` on the same images) skips the patch embedding."""
-    enc = model.encoder
+    ``embedded`` (from :func:`embed_tokens` on the same images) skips the patch embedding. The blocks run in the
+    model's own loop (``LastViT.forward_blocks(..., keep=keep)``), window attention included."""
     grid = model.grid_size(images)
     x = embed_tokens(model, images) if embedded is None else embedded
-    p = model.num_prefix_tokens
-    prefix, patches = x[:, :p], x[:, p:]
     if keep.ndim != 2 or keep.shape[0] != images.shape[0]:
         raise ValueError(f"keep must be (B, n) patch indices, got shape {tuple(keep.shape)}")
-    keep = keep.to(patches.device)
-    patches = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))
-    x = enc.norm_pre(enc.patch_drop(torch.cat([prefix, patches], dim=1)))
-    mask = _window_mask_kept(model, keep, grid)
-    layers = model.arch.get("window_layers")
-    layers = set(range(len(enc.blocks))) if layers is None else set(layers)
-    for i, blk in enumerate(enc.blocks):
-        x = blk(x, attn_mask=mask) if (mask is not None and i in layers) else blk(x)
-    return enc.norm(x)
+    return model.encoder.norm(model.forward_blocks(x, grid, keep=keep))
 
 
 def forward_kept(
@@ -168,7 +144,7 @@ def masking_probe(
     for o in orders:
         if o not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {o!r}")
-    is_vit = hasattr(model, "forward_tokens")
+    is_vit = isinstance(model, LastViT)
     if mode == "token" and not is_vit:
         raise ValueError("token dropping needs a LastViT model")
     if is_vit:

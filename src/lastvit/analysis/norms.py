@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lastvit.models.vit import as_vit
+
 __all__ = ["token_norms", "outlier_threshold", "outlier_stats", "layer_summary"]
 
 
@@ -23,18 +25,14 @@ def token_norms(model: nn.Module, images: torch.Tensor) -> dict[str, Any]:
     """L2 norms of patch tokens: ``blocks`` (L, B, h, w) at each block output, ``final`` (B, h, w) after the
     final norm, ``prefix_blocks`` (L, B, P) and ``prefix_final`` (B, P) for class/register tokens.
 
-    Uses forward hooks on ``model.encoder.blocks`` around ``model.encode`` (so window attention is honoured).
+    Block outputs come from the model's own block loop (``LastViT.forward_blocks(indices=...)``, so window
+    attention is honoured); ``final`` is the final norm of the last one.
     """
-    enc = model.encoder
-    outs: list[torch.Tensor] = []
-    hooks = [blk.register_forward_hook(lambda _m, _i, o: outs.append(o.detach().float().norm(dim=-1)))
-             for blk in enc.blocks]
-    try:
-        tokens = model.encode(images)
-    finally:
-        for h in hooks:
-            h.remove()
-    grid = model.grid_size(images)
+    model = as_vit(model)
+    tokens, grid = model.embed(images)
+    last, outs = model.forward_blocks(tokens, grid, indices=range(model.depth))
+    tokens = model.encoder.norm(last)
+    outs = [o.detach().float().norm(dim=-1) for o in outs]
     p = model.num_prefix_tokens
     b = images.shape[0]
     stack = torch.stack(outs)  # (L, B, P+N)

@@ -1,5 +1,6 @@
 """Checkpoints: detect a file's format, convert it to LastViT keys, load it with a key report, and write
-lastvit's own format.
+lastvit's own format. Loading is safe by default: ``torch.load(weights_only=True)`` with an allow-list of harmless
+types (:func:`allowed_globals`); anything else needs ``allow_pickle=True``.
 
 Formats (``FORMATS``): ``lastvit``, ``torchvision``, ``detectron2`` (the LaSt-ViT label-supervised release),
 ``dino`` (training checkpoints; DINO/DINOv2 backbone-only files are ``timm``), ``timm``, ``open_clip``, ``openai``.
@@ -13,20 +14,36 @@ from lastvit.checkpoints.api import (
     load_checkpoint,
     read_checkpoint,
 )
+from lastvit.checkpoints.clip import ClipLoadError, clip_from_converted, load_clip, load_into_clip, save_clip
 from lastvit.checkpoints.core import (
+    ArchitectureGuessWarning,
     CheckpointError,
     CheckpointNotFoundError,
     ConvertedCheckpoint,
     LoadReport,
+    allowed_globals,
     atomic_torch_save,
     load_raw,
+    safe_torch_load,
     save_checkpoint,
 )
 from lastvit.checkpoints.formats import FORMATS, detect_format
 from lastvit.checkpoints.infer import default_num_heads, infer_arch
+from lastvit.checkpoints.options import POS_INTERP, LoadOptions, arch_config
 
 __all__ = [
     "FORMATS",
+    "POS_INTERP",
+    "ArchitectureGuessWarning",
+    "ClipLoadError",
+    "LoadOptions",
+    "allowed_globals",
+    "arch_config",
+    "clip_from_converted",
+    "load_clip",
+    "load_into_clip",
+    "safe_torch_load",
+    "save_clip",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ConvertedCheckpoint",

@@ -5,18 +5,30 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from lastvit.checkpoints.core import CheckpointError, ConvertedCheckpoint, LoadReport, load_raw
+from lastvit.checkpoints.core import (
+    ArchitectureGuessWarning,
+    CheckpointError,
+    ConvertedCheckpoint,
+    LoadReport,
+    first_nonfinite,
+    load_raw,
+    load_tensors,
+)
 from lastvit.checkpoints.formats import convert
+from lastvit.checkpoints.options import LoadOptions, arch_config
 
 __all__ = ["read_checkpoint", "load_checkpoint", "build_from_checkpoint", "build_from_converted", "apply_converted"]
 
 # Architecture keys the weights determine; a model name may not change them (only heads / image size).
 _NAME_KEYS = ("img_size", "num_heads")
+_GUESS_HEADS = "num_heads is not stored"
+_GUESS_TEXT_HEADS = "CLIP text heads are not stored"
 
 
 def read_checkpoint(
@@ -25,7 +37,9 @@ def read_checkpoint(
     *,
     dino_branch: str = "teacher",
     quick_gelu: bool | None = None,
-    allow_pickle: bool = True,
+    allow_pickle: bool = False,
+    allow_nonfinite: bool = False,
+    options: LoadOptions | None = None,
 ) -> ConvertedCheckpoint:
     """Read a local checkpoint of any supported format and convert it to LastViT keys.
 
@@ -35,12 +49,18 @@ def read_checkpoint(
         dino_branch: ``"teacher"`` (default) or ``"student"`` for DINO training checkpoints.
         quick_gelu: activation of CLIP towers (not recorded in files): default True for OpenAI files, False for
             open_clip files.
-        allow_pickle: allow ``torch.load(weights_only=False)`` for files that pickle Python objects (detectron2 /
-            DINO trainer state); False refuses them.
+        allow_pickle: opt-in to ``torch.load(weights_only=False)`` for a file that pickles Python objects beyond the
+            allow-list (:func:`lastvit.checkpoints.allowed_globals`); such files are refused by default.
+        allow_nonfinite: load NaN / Inf weights (refused by default, naming the first bad key).
+        options: a :class:`LoadOptions` (its reading fields replace the keywords above).
     """
+    if options is not None:
+        format = options.format if format == "auto" else format
+        dino_branch, quick_gelu = options.dino_branch, options.quick_gelu
+        allow_pickle, allow_nonfinite = options.allow_pickle, options.allow_nonfinite
     p = os.fspath(path)
     obj, notes = load_raw(p, allow_pickle=allow_pickle)
-    if isinstance(obj, nn.Module):  # torch.save(model): a whole pickled module
+    if isinstance(obj, nn.Module):  # torch.save(model) of a module built only from allowed types (or allow_pickle)
         notes.append(f"a pickled {type(obj).__name__} module: its state_dict() was read")
         obj = dict(obj.state_dict())
     obj, n_np = _numpy_to_torch(obj)
@@ -51,6 +71,12 @@ def read_checkpoint(
     except (KeyError, AttributeError, TypeError, IndexError, RuntimeError) as e:  # malformed entries
         raise CheckpointError(f"{p}: malformed checkpoint ({type(e).__name__}: {e})") from None
     conv.notes[:0] = notes
+    bad = first_nonfinite(conv.state_dict) or first_nonfinite((conv.clip or {}).get("state_dict") or {})
+    if bad is not None:
+        if not allow_nonfinite:
+            raise CheckpointError(f"{p}: non-finite weights (NaN or Inf) in {bad}; refusing to load them "
+                                  "(allow_nonfinite=True to load anyway)")
+        conv.notes.append(f"non-finite weights (NaN or Inf) loaded on request, first in {bad}")
     return conv
 
 
@@ -113,21 +139,7 @@ def apply_converted(model: nn.Module, conv: ConvertedCheckpoint, strict: bool = 
             report.notes.append(f"pos_embed resampled from {tuple(source[pk].shape)} to {tuple(target[pk].shape)} "
                                 "(bicubic) for the model's image size")
             source[pk] = new
-    to_load = {}
-    for k, v in source.items():
-        if k not in target:
-            report.unexpected.append(k)
-        elif tuple(v.shape) != tuple(target[k].shape):
-            report.mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}")
-        else:
-            to_load[k] = v
-    report.unexpected.extend(conv.unmapped)
-    report.missing = [k for k in target if k not in source]
-    if strict and not report.ok:
-        raise CheckpointError(f"{conv.path}: does not fit the model ({conv.format}): {report.problems()}; "
-                              "use strict=False for a partial load")
-    model.load_state_dict(to_load, strict=False)
-    report.loaded = sorted(to_load)
+    load_tensors(model, source, report, strict=strict, unmapped=conv.unmapped)
     arch = getattr(model, "arch", None)
     if isinstance(arch, dict) and conv.arch:
         for key in ("act", "norm_eps"):
@@ -138,19 +150,21 @@ def apply_converted(model: nn.Module, conv: ConvertedCheckpoint, strict: bool = 
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, format: str = "auto", strict: bool = True,
-                    **opts: Any) -> LoadReport:
-    """Load a local checkpoint of any supported format into ``model`` (a LastViT, or a model whose
-    ``load_converted(conv, strict=...)`` method takes a :class:`ConvertedCheckpoint`).
+                    *, options: LoadOptions | None = None, **opts: Any) -> LoadReport:
+    """Load a local checkpoint of any supported format into ``model`` (a LastViT, or a lastvit CLIP).
 
-    ``opts``: ``dino_branch``, ``quick_gelu``, ``allow_pickle`` (see :func:`read_checkpoint`).
-    Returns a :class:`LoadReport`; under ``strict`` (default) any missing, unexpected or mis-shaped key raises
-    ``CheckpointError``. Recognised parts the model lacks (trainer state, DINO head, CLIP text tower, a head
-    when the model has none) are skipped and reported.
+    ``opts``: ``dino_branch``, ``quick_gelu``, ``allow_pickle``, ``allow_nonfinite`` (see :func:`read_checkpoint`),
+    or one :class:`LoadOptions`. Returns a :class:`LoadReport`; under ``strict`` (default) any missing, unexpected
+    or mis-shaped key raises ``CheckpointError``. Recognised parts the model lacks (trainer state, DINO head, CLIP
+    text tower, a head when the model has none) are skipped and reported.
     """
-    conv = read_checkpoint(path, format, **opts)
-    if hasattr(model, "load_converted"):
-        return model.load_converted(conv, strict=strict)
-    return apply_converted(model, conv, strict=strict)
+    o = LoadOptions.of(options, format=format, strict=strict, **opts)
+    conv = read_checkpoint(path, o.format, options=o)
+    from lastvit.checkpoints.clip import is_clip_model, load_into_clip
+
+    if is_clip_model(model):
+        return load_into_clip(model, conv, strict=o.strict)
+    return apply_converted(model, conv, strict=o.strict)
 
 
 def _import_lastvit_class(qualname: str, path: str) -> type:
@@ -163,118 +177,116 @@ def _import_lastvit_class(qualname: str, path: str) -> type:
         raise CheckpointError(f"{path}: model class {qualname!r} is not available ({e})") from None
 
 
-def _build_lastvit_file(conv: ConvertedCheckpoint, *, aggregator, aggregator_kwargs, num_classes, strict, head,
-                        head_dim, drop_path_rate, quick_gelu, arch_overrides) -> nn.Module:
+def _build_lastvit_file(conv: ConvertedCheckpoint, o: LoadOptions, arch_overrides: dict[str, Any]) -> nn.Module:
+    from lastvit.checkpoints.clip import clip_from_converted
     from lastvit.models.vit import LastViT
 
     cfg = dict(conv.config or {})
     qual = conv.model_class or "lastvit.models.vit.LastViT"
+    if cfg.get("model") == "clip":  # lastvit's CLIP rebuilds itself from its config
+        return clip_from_converted(conv, aggregator=o.aggregator, aggregator_kwargs=o.aggregator_kwargs,
+                                   strict=o.strict, quick_gelu=o.quick_gelu)
     if qual != "lastvit.models.vit.LastViT":
         cls = _import_lastvit_class(qual, conv.path)
-        if hasattr(cls, "from_converted"):  # e.g. lastvit.models.clip.CLIP rebuilds itself from its config
-            return cls.from_converted(conv, aggregator=aggregator, aggregator_kwargs=aggregator_kwargs,
-                                      strict=strict, quick_gelu=quick_gelu)
         model = cls.from_config(**cfg)
-        if aggregator is not None and hasattr(model, "set_aggregator"):
-            model.set_aggregator(aggregator, **(aggregator_kwargs or {}))
-        model.load_report = apply_converted(model, conv, strict=strict)
+        if o.aggregator is not None and hasattr(model, "set_aggregator"):
+            model.set_aggregator(o.aggregator, **(o.aggregator_kwargs or {}))
+        model.load_report = apply_converted(model, conv, strict=o.strict)
         return model
     cfg["arch"] = {**cfg.get("arch", {}), **arch_overrides}
-    if quick_gelu is not None:
-        cfg["arch"]["act"] = "quick_gelu" if quick_gelu else "gelu"
-    if aggregator is not None:
-        cfg["aggregator"] = aggregator
-        cfg["aggregator_kwargs"] = dict(aggregator_kwargs or {})
-    elif aggregator_kwargs is not None:
-        cfg["aggregator_kwargs"] = dict(aggregator_kwargs)
-    if num_classes is not None:
-        cfg["num_classes"] = num_classes
-    if head is not None:
-        cfg["head"] = head
-    if head_dim is not None:
-        cfg["head_dim"] = head_dim
+    if o.quick_gelu is not None:
+        cfg["arch"]["act"] = "quick_gelu" if o.quick_gelu else "gelu"
+    if o.aggregator is not None:
+        cfg["aggregator"] = o.aggregator
+        cfg["aggregator_kwargs"] = dict(o.aggregator_kwargs or {})
+    elif o.aggregator_kwargs is not None:
+        cfg["aggregator_kwargs"] = dict(o.aggregator_kwargs)
+    if o.num_classes is not None:
+        cfg["num_classes"] = o.num_classes
+    if o.head is not None:
+        cfg["head"] = o.head
+    if o.head_dim is not None:
+        cfg["head_dim"] = o.head_dim
     model = LastViT(cfg["arch"], aggregator=cfg.get("aggregator", "lazystrike"),
                     aggregator_kwargs=cfg.get("aggregator_kwargs") or {}, num_classes=cfg.get("num_classes", 0),
-                    head=cfg.get("head", "linear"), head_dim=cfg.get("head_dim"), drop_path_rate=drop_path_rate,
+                    head=cfg.get("head", "linear"), head_dim=cfg.get("head_dim"), drop_path_rate=o.drop_path_rate,
                     name=cfg.get("name"))
-    model.load_report = apply_converted(model, conv, strict=strict)
+    model.load_report = apply_converted(model, conv, strict=o.strict)
     return model
 
 
-def build_from_checkpoint(
-    path: str | os.PathLike,
-    *,
-    name: str | None = None,
-    aggregator: str | None = None,
-    aggregator_kwargs: dict[str, Any] | None = None,
-    num_classes: int | None = None,
-    format: str = "auto",
-    strict: bool = True,
-    head: str | None = None,
-    head_dim: int | None = None,
-    drop_path_rate: float = 0.0,
-    quick_gelu: bool | None = None,
-    visual_only: bool = False,
-    verbose: bool = False,
-    arch_overrides: dict[str, Any] | None = None,
-    dino_branch: str = "teacher",
-) -> nn.Module:
+def build_from_checkpoint(path: str | os.PathLike, options: LoadOptions | None = None, **kwargs: Any) -> nn.Module:
     """Build a model from a checkpoint file of any supported format and load it (``create_model(checkpoint=...)``).
 
-    The architecture comes from the file (lastvit's config, or inferred from the weights); ``name`` (a preset
-    or timm name) supplies what the weights cannot tell (``num_heads``, image size) and ``arch_overrides``
-    override any architecture key (``num_heads=...``; ``text_heads=...`` for a whole-CLIP text tower;
-    ``dino_branch="student"`` is accepted there too).
+    ``options`` (a :class:`LoadOptions`) and/or its fields as keywords; other keywords are architecture keys
+    (``lastvit.models.ARCH_DEFAULTS``). The architecture comes from the file (lastvit's config, or inferred from
+    the weights); ``name`` (a preset or timm name), ``num_heads`` / ``text_heads`` or ``arch`` (an open_clip
+    model name or config JSON) supply what the weights cannot tell. A head count that nothing supplies is guessed
+    as width / 64: the guess is in the notes and emitted once as an :class:`ArchitectureGuessWarning`.
     Readout: ``aggregator`` if given, else the file's (lastvit files; LazyStrike k=1 for the LaSt-ViT release),
     else LazyStrike. Head: ``num_classes`` / ``head`` if given, else the file's head. A whole-CLIP file returns
     ``lastvit.models.clip.CLIP`` unless ``visual_only`` or ``head="proj"`` is given. The load report is
     attached as ``model.load_report`` (printed when ``verbose``).
     """
+    o = LoadOptions.of(options, **kwargs)
+    _check_arch_keys(o.arch_overrides)
+    conv = read_checkpoint(path, o.format, options=o)
+    return build_from_converted(conv, o)
+
+
+def _check_arch_keys(overrides: dict[str, Any]) -> None:
     from lastvit.models.vit import ARCH_DEFAULTS
 
-    overrides = dict(arch_overrides or {})
-    text_heads = overrides.pop("text_heads", None)
-    dino_branch = overrides.pop("dino_branch", dino_branch)  # create_model forwards it among its **kwargs
     unknown = set(overrides) - set(ARCH_DEFAULTS)
     if unknown:
         raise TypeError(f"unknown architecture keyword(s) {sorted(unknown)}; known: {sorted(ARCH_DEFAULTS)}")
-    conv = read_checkpoint(path, format, dino_branch=dino_branch, quick_gelu=quick_gelu)
-    return build_from_converted(conv, name=name, aggregator=aggregator, aggregator_kwargs=aggregator_kwargs,
-                                num_classes=num_classes, strict=strict, head=head, head_dim=head_dim,
-                                drop_path_rate=drop_path_rate, quick_gelu=quick_gelu, visual_only=visual_only,
-                                verbose=verbose, arch_overrides=overrides, text_heads=text_heads)
 
 
-def build_from_converted(
-    conv: ConvertedCheckpoint,
-    *,
-    name: str | None = None,
-    aggregator: str | None = None,
-    aggregator_kwargs: dict[str, Any] | None = None,
-    num_classes: int | None = None,
-    strict: bool = True,
-    head: str | None = None,
-    head_dim: int | None = None,
-    drop_path_rate: float = 0.0,
-    quick_gelu: bool | None = None,
-    visual_only: bool = False,
-    verbose: bool = False,
-    arch_overrides: dict[str, Any] | None = None,
-    text_heads: int | None = None,
-) -> nn.Module:
+def _resolve_heads(conv: ConvertedCheckpoint, o: LoadOptions) -> tuple[dict[str, Any], int | None, bool | None]:
+    """Architecture overrides, text heads and activation after ``num_heads`` / ``text_heads`` / ``arch``."""
+    overrides = dict(o.arch_overrides)
+    text_heads, quick_gelu = o.text_heads, o.quick_gelu
+    if o.arch is not None:
+        spec = arch_config(o.arch)
+        if o.num_heads is None and "num_heads" in spec:
+            overrides["num_heads"] = spec["num_heads"]
+        if text_heads is None:
+            text_heads = spec.get("text_heads")
+        if quick_gelu is None:
+            quick_gelu = spec.get("quick_gelu")
+        conv.notes.append(f"head counts{' and activation' if 'quick_gelu' in spec else ''} from {o.arch!r}: "
+                          + ", ".join(f"{k}={spec[k]}" for k in ("num_heads", "text_heads", "quick_gelu")
+                                      if k in spec))
+    if o.num_heads is not None:
+        overrides["num_heads"] = o.num_heads
+    return overrides, text_heads, quick_gelu
+
+
+def _warn_guesses(conv: ConvertedCheckpoint, text_tower: bool) -> None:
+    """Every architecture guess left standing (for a tower that is built) is emitted once, one line naming the file."""
+    for n in conv.notes:
+        if n.startswith(_GUESS_HEADS) or (text_tower and n.startswith(_GUESS_TEXT_HEADS)):
+            warnings.warn(f"{conv.path}: {n}", ArchitectureGuessWarning, stacklevel=3)
+
+
+def build_from_converted(conv: ConvertedCheckpoint, options: LoadOptions | None = None, **kwargs: Any) -> nn.Module:
     """:func:`build_from_checkpoint` for an already-read :class:`ConvertedCheckpoint` (same options)."""
     from lastvit.models.vit import LastViT
 
-    overrides = dict(arch_overrides or {})
+    o = LoadOptions.of(options, **kwargs)
+    _check_arch_keys(o.arch_overrides)
+    overrides, text_heads, quick_gelu = _resolve_heads(conv, o)
+    if quick_gelu is not o.quick_gelu:
+        o = LoadOptions.of(o, quick_gelu=quick_gelu)
+    if o.pos_interp is not None:
+        overrides["pos_interp"] = o.pos_interp
     if "num_heads" in overrides:
-        conv.notes = [n for n in conv.notes if not n.startswith("num_heads is not stored")]
+        conv.notes = [n for n in conv.notes if not n.startswith(_GUESS_HEADS)]
     if text_heads is not None:
-        conv.notes = [n for n in conv.notes if not n.startswith("CLIP text heads are not stored")]
+        conv.notes = [n for n in conv.notes if not n.startswith(_GUESS_TEXT_HEADS)]
     if conv.format == "lastvit":
-        model = _build_lastvit_file(conv, aggregator=aggregator, aggregator_kwargs=aggregator_kwargs,
-                                    num_classes=num_classes, strict=strict, head=head, head_dim=head_dim,
-                                    drop_path_rate=drop_path_rate, quick_gelu=quick_gelu, arch_overrides=overrides)
-        if verbose:
+        model = _build_lastvit_file(conv, o, overrides)
+        if o.verbose:
             print(model.load_report)
         return model
 
@@ -283,47 +295,48 @@ def build_from_converted(
         conv.notes.append(f"CLIP text heads set by the caller: {int(text_heads)}")
 
     arch = dict(conv.arch)
-    if name is not None:
-        from lastvit.models.factory import resolve_arch
+    if o.name is not None:
+        from lastvit.models.arch import resolve_arch
 
-        named = resolve_arch(name, {})
+        named = resolve_arch(o.name, {})
         for key in _NAME_KEYS:
             arch[key] = named[key]
         for key in ("embed_dim", "depth", "patch_size"):
             if named[key] != conv.arch[key]:
-                raise CheckpointError(f"{conv.path}: model name {name!r} has {key}={named[key]} but the "
+                raise CheckpointError(f"{conv.path}: model name {o.name!r} has {key}={named[key]} but the "
                                       f"checkpoint has {key}={conv.arch[key]}")
-        conv.notes.append(f"num_heads={arch['num_heads']} and img_size={arch['img_size']} taken from {name!r}")
+        conv.notes = [n for n in conv.notes if not n.startswith(_GUESS_HEADS)]
+        conv.notes.append(f"num_heads={arch['num_heads']} and img_size={arch['img_size']} taken from {o.name!r}")
     for key, v in overrides.items():
         if key in ("embed_dim", "depth", "patch_size") and v != conv.arch.get(key):
             conv.notes.append(f"{key}={v} overrides the checkpoint's {conv.arch.get(key)} (shapes will mismatch)")
         elif key == "num_heads":
             conv.notes.append(f"num_heads={v} set by the caller")
+        elif key == "pos_interp" and v != conv.arch.get(key):
+            conv.notes.append(f"pos_interp={v!r} set by the caller (the file's family: {conv.arch.get(key)!r})")
         arch[key] = v
     if quick_gelu is not None:
         arch["act"] = "quick_gelu" if quick_gelu else "gelu"
+    _warn_guesses(conv, text_tower=conv.clip is not None and not o.visual_only and o.head is None)
 
-    if conv.readout is not None and aggregator is None:
+    if conv.readout is not None and o.aggregator is None:
         agg, agg_kw = conv.readout
-        agg_kw = dict(agg_kw) if aggregator_kwargs is None else dict(aggregator_kwargs)
+        agg_kw = dict(agg_kw) if o.aggregator_kwargs is None else dict(o.aggregator_kwargs)
     else:
-        agg, agg_kw = aggregator or "lazystrike", dict(aggregator_kwargs or {})
+        agg, agg_kw = o.aggregator or "lazystrike", dict(o.aggregator_kwargs or {})
 
-    if conv.clip is not None and not visual_only and head is None:
-        try:
-            from lastvit.models.clip import CLIP
-        except ImportError as e:
-            conv.notes.append(f"whole-CLIP file but lastvit.models.clip is not available ({e}): "
-                              "built the image tower only")
-        else:
-            conv.arch = arch
-            model = CLIP.from_converted(conv, aggregator=agg, aggregator_kwargs=agg_kw, strict=strict,
-                                        quick_gelu=quick_gelu)
-            if verbose and getattr(model, "load_report", None) is not None:
-                print(model.load_report)
-            return model
+    if conv.clip is not None and not o.visual_only and o.head is None:
+        from lastvit.checkpoints.clip import clip_from_converted
+
+        conv.arch = arch
+        model = clip_from_converted(conv, aggregator=agg, aggregator_kwargs=agg_kw, strict=o.strict,
+                                    quick_gelu=quick_gelu)
+        if o.verbose:
+            print(model.load_report)
+        return model
 
     kind, size = conv.head
+    head, head_dim = o.head, o.head_dim
     if head is None:
         head = kind if kind != "none" else "linear"
     if head == "proj":
@@ -332,10 +345,10 @@ def build_from_converted(
     elif head == "none":
         n = 0
     else:
-        n = num_classes if num_classes is not None else (size if kind == "linear" else 0)
+        n = o.num_classes if o.num_classes is not None else (size if kind == "linear" else 0)
     model = LastViT(arch, aggregator=agg, aggregator_kwargs=agg_kw, num_classes=n, head=head, head_dim=head_dim,
-                    drop_path_rate=drop_path_rate, name=name)
-    model.load_report = apply_converted(model, conv, strict=strict)
-    if verbose:
+                    drop_path_rate=o.drop_path_rate, name=o.name)
+    model.load_report = apply_converted(model, conv, strict=o.strict)
+    if o.verbose:
         print(model.load_report)
     return model

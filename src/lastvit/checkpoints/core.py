@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -15,11 +16,16 @@ import torch
 from lastvit.io import atomic_save
 
 __all__ = [
+    "ArchitectureGuessWarning",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ConvertedCheckpoint",
     "LoadReport",
+    "allowed_globals",
+    "first_nonfinite",
     "load_raw",
+    "load_tensors",
+    "safe_torch_load",
     "save_checkpoint",
     "atomic_torch_save",
     "LASTVIT_FORMAT_VERSION",
@@ -30,6 +36,10 @@ LASTVIT_FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, is not a checkpoint, or does not fit the model (one line)."""
+
+
+class ArchitectureGuessWarning(UserWarning):
+    """An architecture fact the file does not record was guessed (e.g. heads = width / 64); pass it to silence."""
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -177,6 +187,29 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def load_tensors(model: torch.nn.Module, source: dict[str, torch.Tensor], report: LoadReport, *, strict: bool = True,
+                 unmapped: list[str] | tuple[str, ...] = ()) -> LoadReport:
+    """Load ``source`` (model key names) into ``model``, filling ``report``'s loaded / missing / unexpected /
+    mismatched keys; under ``strict`` any of them raises one-line :class:`CheckpointError` before anything loads."""
+    target = model.state_dict()
+    to_load = {}
+    for k, v in source.items():
+        if k not in target:
+            report.unexpected.append(k)
+        elif tuple(v.shape) != tuple(target[k].shape):
+            report.mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}")
+        else:
+            to_load[k] = v
+    report.unexpected.extend(unmapped)
+    report.missing = [k for k in target if k not in source]
+    if strict and not report.ok:
+        raise CheckpointError(f"{report.path}: does not fit the model ({report.format}): {report.problems()}; "
+                              "use strict=False for a partial load")
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    return report
+
+
 # ---------------------------------------------------------------------------------------------- reading
 def _is_torchscript(path: Path) -> bool:
     try:
@@ -196,12 +229,120 @@ def _is_safetensors(path: Path, size: int) -> bool:
     return head[8:9] == b"{" and 0 < n <= size - 8
 
 
-def load_raw(path: str | os.PathLike, *, allow_pickle: bool = True) -> tuple[Any, list[str]]:
+def _numpy_globals() -> list[Any]:
+    """numpy's array / scalar / dtype reconstructors, under the names numpy 1.x and numpy 2.x pickle them."""
+    import numpy as np
+
+    try:
+        multiarray = np._core.multiarray  # numpy >= 2
+    except AttributeError:  # numpy 1.x
+        multiarray = np.core.multiarray
+    out: list[Any] = [np.ndarray, np.dtype]
+    for fn in ("_reconstruct", "scalar"):
+        f = getattr(multiarray, fn)
+        out += [(f, f"numpy.core.multiarray.{fn}"), (f, f"numpy._core.multiarray.{fn}")]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles some dtypes by their class
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and isinstance(getattr(dtypes, n), type)]
+    return out
+
+
+def allowed_globals() -> list[Any]:
+    """The Python objects (besides tensors and containers) that ``torch.load(weights_only=True)`` accepts here.
+
+    Exactly the harmless types that the supported formats contain: DINO's ``args`` (``argparse.Namespace``),
+    numpy arrays, scalars and dtypes (detectron2 model-zoo pickles, trainer state), ``pathlib`` paths (training
+    arguments). Each is a plain data constructor; none runs code named by the file. Plain dicts, ``OrderedDict``,
+    lists, tuples, sets, numbers, strings and tensors are accepted by torch itself.
+    """
+    import argparse
+    import pathlib
+
+    return [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath,
+            pathlib.PureWindowsPath, *_numpy_globals()]
+
+
+def _allowed_names() -> set[str]:
+    names = set()
+    for g in allowed_globals():
+        names.add(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}")
+    return names
+
+
+def _globals_in(p: Path) -> list[str]:
+    """The non-default globals a (zip) torch file pickles, read from its opcodes; [] when not readable."""
+    try:
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(p))))
+    except Exception:  # legacy (non-zip) files
+        return []
+
+
+def _first_disallowed(p: Path, msg: str) -> str:
+    """The first global the unpickler met that is not on the allow-list (nothing of the file is run)."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+    if m:
+        name = m.group(1)
+        return name if "." in name else f"builtins.{name}"  # torch names builtins without their module
+    allowed = _allowed_names()
+    bad = [n for n in _globals_in(p) if n not in allowed]
+    return bad[0] if bad else "an unknown global"
+
+
+def safe_torch_load(path: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[Any, list[str]]:
+    """``torch.load(path, weights_only=True)`` on CPU with :func:`allowed_globals` allowed for this call only.
+
+    A file that pickles anything else is refused with one :class:`CheckpointError` line naming the file, the first
+    disallowed global and the opt-in, before any of its objects is built; only ``allow_pickle=True`` (which the
+    caller must give explicitly) then reads it with ``weights_only=False`` (which can run code: trusted files only).
+    Returns ``(object, notes)``. Also the loader for lastvit's own training checkpoints (resume).
+    """
+    p = Path(path)
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            with torch.serialization.safe_globals(allowed_globals()):
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+        used = _globals_in(p)
+        if used:
+            notes.append(f"read with torch.load(weights_only=True); allow-listed types in the file: {', '.join(used)}")
+        return obj, notes
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Unsupported global" not in msg:  # not a pickle of tensors + Python objects: garbage or another file type
+            reason = "invalid pickle data"
+            for marker in ("Unsupported operand", "invalid load key", "WeightsUnpickler error:"):
+                if marker in msg:
+                    reason = " ".join(msg.split(marker, 1)[1].split("Check the documentation")[0].split())[:80]
+                    reason = f"{marker.rstrip(':')} {reason}".strip()
+                    break
+            raise CheckpointError(f"{p}: not a PyTorch checkpoint ({reason})") from None
+        unsafe = _first_disallowed(p, msg)
+        if not allow_pickle:
+            raise CheckpointError(f"{p}: refusing to unpickle {unsafe} (not on the allow-list of harmless types; "
+                                  "it could run code); pass allow_pickle=True / --allow-pickle only for a file "
+                                  "you trust") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError,
+            KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupted?): "
+                              f"{_one_line(e)}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint: {_one_line(e)}") from None
+    notes.append(f"read with torch.load(weights_only=False) because allow_pickle=True: the file pickles {unsafe}; "
+                 "only load files you trust")
+    return obj, notes
+
+
+def load_raw(path: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[Any, list[str]]:
     """Read a checkpoint file into Python objects (CPU tensors) without interpreting it.
 
-    Order: TorchScript archives via ``torch.jit.load``; safetensors files; ``torch.load(weights_only=True)``;
-    then, only when the file pickles other Python objects (numpy arrays, argparse namespaces ...) and
-    ``allow_pickle``, ``torch.load(weights_only=False)`` with a note. Returns ``(object, notes)``.
+    Order: TorchScript archives via ``torch.jit.load`` (no Python unpickling: TorchScript's own reader, which only
+    builds tensors and TorchScript objects); safetensors files; :func:`safe_torch_load` (``weights_only=True`` with
+    the allow-list; anything else needs ``allow_pickle=True``). Returns ``(object, notes)``.
     """
     p = Path(path)
     if not p.exists():
@@ -239,41 +380,19 @@ def load_raw(path: str | os.PathLike, *, allow_pickle: bool = True) -> tuple[Any
             return load_file(str(p), device="cpu"), ["safetensors file"]
         except Exception as e:
             raise CheckpointError(f"{p}: unreadable safetensors file ({_one_line(e)})") from None
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True), notes
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Unsupported global" not in msg:  # not a pickle of tensors + Python objects: garbage or another file type
-            reason = "invalid pickle data"
-            for marker in ("Unsupported operand", "invalid load key", "WeightsUnpickler error:"):
-                if marker in msg:
-                    reason = " ".join(msg.split(marker, 1)[1].split("Check the documentation")[0].split())[:80]
-                    reason = f"{marker.rstrip(':')} {reason}".strip()
-                    break
-            raise CheckpointError(f"{p}: not a PyTorch checkpoint ({reason})") from None
-        unsafe = _unsafe_globals(p)
-        if not allow_pickle:
-            raise CheckpointError(f"{p}: the file pickles Python objects ({unsafe or 'unknown globals'}); "
-                                  "refusing to unpickle (allow_pickle=False)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, IndexError,
-            KeyError, TypeError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupted?): "
-                              f"{_one_line(e)}") from None
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint: {_one_line(e)}") from None
-    notes.append(f"read with torch.load(weights_only=False): the file pickles Python objects "
-                 f"({unsafe or 'non-tensor globals'}); only load files you trust")
-    return obj, notes
+    return safe_torch_load(p, allow_pickle=allow_pickle)
 
 
-def _unsafe_globals(p: Path) -> str:
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(p))
-    except Exception:  # legacy (non-zip) files
-        return ""
-    return ", ".join(sorted(set(names))[:5])
+def first_nonfinite(tensors: dict[str, Any]) -> str | None:
+    """The first key (in order) of a floating-point tensor holding NaN or Inf, or None. Attention masks
+    (``*attn_mask``, -inf by design in CLIP text towers) are not weights and are not checked."""
+    for k, v in tensors.items():
+        if k.rsplit(".", 1)[-1] == "attn_mask":
+            continue
+        floating = isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and v.numel()
+        if floating and not bool(torch.isfinite(v).all()):
+            return k
+    return None
 
 
 def _one_line(e: BaseException) -> str:

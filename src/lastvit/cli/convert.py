@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import argparse
 
-from lastvit.cli.inspect import add_checkpoint_options, overrides
+from lastvit.cli.inspect import add_checkpoint_options, load_options
 
 
 def run(args: argparse.Namespace) -> int:
-    from lastvit.checkpoints import build_from_converted, read_checkpoint, save_checkpoint
+    import warnings
 
-    conv = read_checkpoint(args.checkpoint, args.format, dino_branch=args.dino_branch, quick_gelu=args.quick_gelu,
-                           allow_pickle=args.allow_pickle)
-    ov = overrides(args)
-    ov.pop("dino_branch")
-    text_heads = ov.pop("text_heads", None)
-    model = build_from_converted(conv, strict=args.strict, quick_gelu=args.quick_gelu, aggregator=args.aggregator,
-                                 num_classes=args.num_classes, visual_only=args.visual_only, arch_overrides=ov,
-                                 text_heads=text_heads)
+    from lastvit.checkpoints import ArchitectureGuessWarning, build_from_converted, read_checkpoint, save_checkpoint
+
+    opts = load_options(args, aggregator=args.aggregator, num_classes=args.num_classes, visual_only=args.visual_only)
+    conv = read_checkpoint(args.checkpoint, opts.format, options=opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ArchitectureGuessWarning)  # the guesses are printed below as notes
+        model = build_from_converted(conv, opts)
     report = model.load_report
     out = save_checkpoint(model, args.out, extra={"converted_from": str(args.checkpoint),
                                                   "source_format": conv.format})
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({type(model).__name__}, {n:,} parameters, from {conv.format})")
-    if hasattr(report, "to_dict"):
-        for note in report.notes:
-            print(f"  note: {note}")
-        for group, keys in report.skipped.items():
-            print(f"  skipped: {group}: {len(keys)}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    for group, keys in report.skipped.items():
+        print(f"  skipped: {group}: {len(keys)}")
     return 0
 
 

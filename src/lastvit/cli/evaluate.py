@@ -56,7 +56,7 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 
 # ---------------------------------------------------------------------------------------------- model / data
 def _load_model(args: argparse.Namespace, need_clip: bool = False) -> torch.nn.Module:
-    from lastvit.models import create_model
+    from lastvit.factory import create_model
 
     kw: dict[str, Any] = {}
     if getattr(args, "aggregator", None):

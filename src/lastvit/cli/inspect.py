@@ -7,32 +7,48 @@ import json
 from typing import Any
 
 
-def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``inspect`` and ``convert``."""
-    from lastvit.checkpoints import FORMATS
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """The model-loading options of every command that reads a checkpoint (``inspect``, ``convert``; ``evaluate``
+    and ``analyze`` through ``cli._common``). :func:`load_options` turns them into a ``LoadOptions``."""
+    from lastvit.checkpoints import FORMATS, POS_INTERP
 
-    p.add_argument("checkpoint", metavar="CKPT", help="a local checkpoint file")
     p.add_argument("--format", default="auto", help=f"auto (default) or one of: {', '.join(FORMATS)}")
     p.add_argument("--dino-branch", choices=("teacher", "student"), default="teacher",
                    help="branch of a DINO training checkpoint (default: teacher)")
     p.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                    help="activation of CLIP towers (default: QuickGELU for OpenAI files, GELU for open_clip)")
     p.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads (not stored in weights; default width/64)")
+                   help="attention heads (not stored in weights; default width/64, reported as a guess)")
     p.add_argument("--text-heads", type=int, default=None, help="CLIP text-tower heads (default width/64)")
+    p.add_argument("--arch", default=None, metavar="NAME_OR_JSON",
+                   help="open_clip model name (e.g. ViT-B-16, read from open_clip's bundled configs) or model-config "
+                        "JSON: supplies the head counts (and activation) the weights do not record")
+    p.add_argument("--pos-interp", choices=POS_INTERP, default=None,
+                   help="position-embedding resampling at other input sizes (default: the file's family)")
+    p.add_argument("--allow-pickle", dest="allow_pickle", action="store_true", default=False,
+                   help="unpickle Python objects beyond the allow-list of harmless types "
+                        "(torch.load(weights_only=False): can run code; only for files you trust)")
     p.add_argument("--no-pickle", dest="allow_pickle", action="store_false",
-                   help="refuse files that need full unpickling (torch.load(weights_only=False))")
+                   help="refuse files that need full unpickling (the default)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load NaN / Inf weights instead of refusing them")
     p.add_argument("--no-strict", dest="strict", action="store_false",
                    help="allow a partial load (missing / unexpected / mis-shaped keys are reported)")
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"dino_branch": args.dino_branch}
-    if args.num_heads is not None:
-        out["num_heads"] = args.num_heads
-    if args.text_heads is not None:
-        out["text_heads"] = args.text_heads
-    return out
+def load_options(args: argparse.Namespace, **fields: Any):
+    """The :class:`lastvit.checkpoints.LoadOptions` of parsed :func:`add_load_options` arguments (plus ``fields``)."""
+    from lastvit.checkpoints import LoadOptions
+
+    return LoadOptions(format=args.format, strict=args.strict, dino_branch=args.dino_branch,
+                       quick_gelu=args.quick_gelu, num_heads=args.num_heads, text_heads=args.text_heads,
+                       arch=args.arch, pos_interp=args.pos_interp, allow_pickle=args.allow_pickle,
+                       allow_nonfinite=args.allow_nonfinite, **fields)
+
+
+def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``inspect`` and ``convert``: the checkpoint and :func:`add_load_options`."""
+    p.add_argument("checkpoint", metavar="CKPT", help="a local checkpoint file")
+    add_load_options(p)
 
 
 def _fmt_arch(arch: dict[str, Any]) -> str:
@@ -41,22 +57,29 @@ def _fmt_arch(arch: dict[str, Any]) -> str:
     return ", ".join(f"{k}={arch[k]}" for k in keys if k in arch)
 
 
-def run(args: argparse.Namespace) -> int:
-    from lastvit.checkpoints import FORMATS, build_from_converted, read_checkpoint
+def _guesses(notes: list[str]) -> list[str]:
+    return [n for n in notes if n.startswith(("num_heads is not stored", "CLIP text heads are not stored"))]
 
-    conv = read_checkpoint(args.checkpoint, args.format, dino_branch=args.dino_branch, quick_gelu=args.quick_gelu,
-                           allow_pickle=args.allow_pickle)
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from lastvit.checkpoints import FORMATS, ArchitectureGuessWarning, build_from_converted, read_checkpoint
+
+    opts = load_options(args, visual_only=True)
+    conv = read_checkpoint(args.checkpoint, opts.format, options=opts)
     # Build the image tower from the file and load it: proves the weights fit (strict unless --no-strict).
-    ov = overrides(args)
-    ov.pop("dino_branch")
-    model = build_from_converted(conv, strict=args.strict, quick_gelu=args.quick_gelu, visual_only=True,
-                                 arch_overrides=ov, text_heads=ov.pop("text_heads", None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ArchitectureGuessWarning)  # printed below as "guess:" lines instead
+        model = build_from_converted(conv, opts)
     report = model.load_report
+    guesses = _guesses(conv.notes)
     if args.json:
         out = conv.summary()
         out["arch"] = getattr(model, "arch", out["arch"])
         out["load"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
         out["model_params"] = sum(p.numel() for p in model.parameters())
+        out["guesses"] = guesses
         print(json.dumps(out, indent=2, default=str))
         return 0
     arch = getattr(model, "arch", conv.arch)
@@ -65,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model:      {type(model).__name__}")
     if arch:
         print(f"arch:       {_fmt_arch(arch)}")
+    if arch and "pos_interp" in arch:
+        print(f"pos_interp: {arch['pos_interp']} (position-embedding resampling at other input sizes)")
+    for g in guesses:
+        print(f"guess:      {g}")
     print(f"head:       {conv.head[0]}" + (f" ({conv.head[1]})" if conv.head[0] != "none" else ""))
     readout = getattr(model, "aggregator_name", None) or (conv.readout[0] if conv.readout else None)
     if readout:
@@ -80,15 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if conv.clip is not None:
         cfg = conv.clip.get("config", {})
         print("clip text:  " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
-    if hasattr(report, "to_dict"):
-        print("\n".join(str(report).splitlines()[1:]))
-    elif isinstance(report, dict):  # models that load themselves (lastvit CLIP) report a dict of key lists
-        for k, v in report.items():
-            print(f"  {k + ':':<11} {len(v) if isinstance(v, (list, dict)) else v}")
-        for n in conv.notes:
-            print(f"  note: {n}")
-    else:
-        print(report)
+    print("\n".join(str(report).splitlines()[1:]))
     return 0
 
 

@@ -13,7 +13,7 @@ Protocol (SCLIP lineage, re-implemented without mmseg):
    query, logits (Q, h, w) upsampled bilinearly to the window, summed into the image and divided by the number of
    windows covering each pixel; then upsampled bilinearly to the ground-truth size;
 4. text queries: each class-file line is ``"name1, synonym2, ..."``; every name is embedded with the 80 ImageNet
-   templates (``lastvit.models.clip.zero_shot_classifier``: mean of normalised template embeddings,
+   templates (``lastvit.evaluate.zeroshot.zero_shot_classifier``: mean of normalised template embeddings,
    renormalised). ``synonyms="max"`` (SCLIP): probabilities are a softmax over *all* queries of
    ``logit_scale * cosine`` and a class takes the max over its names; ``synonyms="mean"``: a class embedding is
    the renormalised mean of its names' embeddings and the softmax runs over classes;
@@ -40,6 +40,7 @@ from torch import nn
 
 from lastvit.evaluate.dense import dense_features
 from lastvit.evaluate.metrics import SegConfusion
+from lastvit.models.vit import as_vit
 
 __all__ = [
     "CLASSNAME_FILES",
@@ -92,7 +93,7 @@ def text_queries(
     clip: nn.Module, classes: Sequence[Sequence[str]], templates: Sequence[str] | None = None, synonyms: str = "max"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised text queries (Q, E) and their class index (Q,)."""
-    from lastvit.models.clip import zero_shot_classifier
+    from lastvit.evaluate.zeroshot import zero_shot_classifier
 
     names = [n for c in classes for n in c]
     idx = torch.tensor([i for i, c in enumerate(classes) for _ in c])
@@ -257,7 +258,7 @@ def evaluate_zeroshot_seg(
     text, qidx = text_queries(clip, classes, templates, cfg.synonyms)
     text, qidx = text.to(device), qidx.to(device)
     bg = cfg.has_background()
-    fn = window_logits(clip.visual, text, cfg.variant, cfg.gaussian_std)
+    fn = window_logits(as_vit(clip), text, cfg.variant, cfg.gaussian_std)
     conf = SegConfusion(c, cfg.ignore_index)
     rows = []
     for i, s in enumerate(samples):

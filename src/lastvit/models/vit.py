@@ -224,9 +224,13 @@ class LastViT(nn.Module):
     def depth(self) -> int:
         return len(self.encoder.blocks)
 
-    def _window_layers(self) -> set[int]:
+    @property
+    def windowed_blocks(self) -> frozenset[int]:
+        """Indices of the blocks that use window attention (empty when ``window_size`` is 0)."""
+        if int(self.arch.get("window_size") or 0) <= 0:
+            return frozenset()
         layers = self.arch.get("window_layers")
-        return set(range(self.depth)) if layers is None else {int(i) % self.depth for i in layers}
+        return frozenset(range(self.depth) if layers is None else (int(i) % self.depth for i in layers))
 
     def _block_index(self, i: int) -> int:
         n = self.depth
@@ -370,7 +374,7 @@ class LastViT(nn.Module):
         if mask is None and take is None and not ckpt:
             x = blocks[:n_run](x) if n_run < self.depth else blocks(x)
             return x
-        windowed = self._window_layers() if mask is not None else set()
+        windowed = self.windowed_blocks if mask is not None else frozenset()
         outs: dict[int, torch.Tensor] = {}
         for i in range(n_run):
             blk = blocks[i]

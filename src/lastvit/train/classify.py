@@ -1,23 +1,30 @@
-"""Label supervision: ``ClassifyModule`` (cross-entropy on the readout's logits, top-1/top-5) and ``build``."""
+"""Label supervision: ``ClassifyModule`` (cross-entropy on the readout's logits, top-1/top-5); the task's
+``DEFAULTS``, ``resolve_config``, ``build`` and ``export`` for :func:`lastvit.train.fit`."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lastvit.train.config import per_device_batch
+from lastvit.train.config import DEFAULTS, per_device_batch, resolve_classify
 from lastvit.train.data import ImageFolderDataModule, SyntheticDataModule
 from lastvit.train.optim import build_optimizer, build_scheduler, param_groups
 
-__all__ = ["ClassifyModule", "build", "build_model", "topk_correct"]
+__all__ = ["DEFAULTS", "ClassifyModule", "resolve_config", "build", "export", "build_model", "topk_correct"]
+
+
+def resolve_config(raw: dict[str, Any], src: str = "config") -> dict[str, Any]:
+    """A label-supervised recipe merged onto :data:`DEFAULTS` and checked."""
+    return resolve_classify(raw, src)
 
 
 def build_model(model_cfg: dict[str, Any]) -> torch.nn.Module:
     """A ``LastViT`` from a ``model`` config section (``num_classes`` must be filled in)."""
-    from lastvit.models import create_model
+    from lastvit.factory import create_model
 
     if model_cfg.get("num_classes") is None:
         raise ValueError("model.num_classes is not set")
@@ -96,6 +103,10 @@ class ClassifyModule(L.LightningModule):
         for k in ("val/loss", "val/top1", "val/top5"):
             self.log(k, self.val_metrics[k], prog_bar=k == "val/top1", sync_dist=True)
 
+    def summary(self) -> dict[str, Any]:
+        """The final metrics of a run: the last validation's."""
+        return dict(self.val_metrics)
+
     def configure_optimizers(self) -> dict[str, Any]:
         opt = build_optimizer(param_groups(self.model, float(self.optim_cfg["weight_decay"])), self.optim_cfg)
         total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
@@ -121,3 +132,12 @@ def build(cfg: dict[str, Any]) -> tuple[ClassifyModule, L.LightningDataModule]:
     if model_cfg.get("num_classes") is None:
         model_cfg["num_classes"] = dm.num_classes
     return ClassifyModule(model_cfg, dict(cfg["optim"])), dm
+
+
+def export(module: ClassifyModule, out_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[str, str]:
+    """``model.pt``: the trained classifier in lastvit's format (rank 0 only)."""
+    from lastvit.checkpoints import save_checkpoint
+
+    os.makedirs(out_dir, exist_ok=True)
+    save_checkpoint(module.model, os.path.join(out_dir, "model.pt"), extra=extra)
+    return {"model": "model.pt", "best": "model_best.pt", "lightning": "checkpoints/last.ckpt"}

@@ -22,8 +22,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lastvit.checkpoints.clip import save_clip
+from lastvit.evaluate.zeroshot import load_templates, zero_shot_accuracy, zero_shot_classifier
 from lastvit.io import atomic_write
-from lastvit.models.clip import CLIP, clip_loss, load_templates, save_clip, zero_shot_accuracy, zero_shot_classifier
+from lastvit.models.clip import CLIP
+from lastvit.models.clip_loss import clip_loss
 
 __all__ = ["DEFAULTS", "ClipModule", "ClipDataModule", "resolve_config", "build_model", "build", "fit"]
 
@@ -124,7 +127,7 @@ def build_model(cfg: dict[str, Any]) -> CLIP:
     """The CLIP of a recipe: from ``model.checkpoint`` (any whole-CLIP format) or random init."""
     m = cfg["model"]
     if m["checkpoint"]:
-        from lastvit.models.factory import create_model
+        from lastvit.factory import create_model
 
         model = create_model(checkpoint=str(m["checkpoint"]), aggregator=m["aggregator"],
                              aggregator_kwargs=dict(m["aggregator_kwargs"] or {}), quick_gelu=m["quick_gelu"],

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lastvit.factory import create_model
 from lastvit.io import atomic_save, atomic_write
 from lastvit.models.dino import (
     DINOHead,
@@ -46,7 +47,6 @@ from lastvit.models.dino import (
     dino_state_dict,
     ema_update,
 )
-from lastvit.models.factory import create_model
 from lastvit.models.vit import LastViT
 from lastvit.train.config import DEFAULTS as SHARED_DEFAULTS
 from lastvit.train.config import per_device_batch
