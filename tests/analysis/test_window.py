@@ -45,3 +45,14 @@ def test_window_attention_is_local_and_token_drop_respects_it():
         for blk in enc.blocks:
             t = blk(t, attn_mask=mask)
         torch.testing.assert_close(kept, enc.norm(t), atol=1e-5, rtol=1e-5)
+
+
+def test_block_attention_rejects_layers_outside_the_model():
+    import pytest
+
+    m = micro("mean")  # 4 blocks
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(block_attention(m, x, layer=-4), block_attention(m, x, layer=0))
+    for bad in (4, 99, -5):
+        with pytest.raises(ValueError, match="out of range"):
+            block_attention(m, x, layer=bad)

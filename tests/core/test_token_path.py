@@ -153,3 +153,12 @@ def test_as_vit():
     assert as_vit(m) is m
     with pytest.raises(TypeError, match="LastViT"):
         as_vit(torch.nn.Linear(2, 2))
+
+
+def test_timm_family_is_timms_forward_features():
+    """Default resampling: the token path is timm's own forward_features at any size (today's behaviour)."""
+    torch.manual_seed(0)
+    m = LastViT({**TINY, "reg_tokens": 1}, num_classes=0).eval()
+    x = torch.randn(2, 3, 48, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode(x), m.encoder.forward_features(x), rtol=0, atol=0)
