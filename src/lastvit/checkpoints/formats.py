@@ -317,6 +317,9 @@ def _convert_clip(sd: Mapping[str, Any], conv: ConvertedCheckpoint, *, openai: b
             conv.unmapped.append(k)
     conv.skip("openai metadata", meta)
     conv = _finish(conv, enc, head, norm_eps=1e-5, act=act, head_kind="proj")
+    conv.arch["pos_interp"] = "open_clip"
+    conv.notes.append("position embeddings resample the open_clip way at other input sizes (bicubic resize of the "
+                      "grid to the new size; pos_interp='open_clip', override with pos_interp=...)")
     if text:
         conv.skip("clip text tower", sorted(text))
         conv.clip = {
@@ -455,6 +458,9 @@ def _convert_dino(obj: Mapping[str, Any], conv: ConvertedCheckpoint, branch: str
     conv.notes.append(f"DINO {branch} backbone loaded" + (" (default; dino_branch='student' for the student)"
                                                           if branch == "teacher" else ""))
     out = _convert_timm(backbone, conv)
+    out.arch["pos_interp"] = "dino"
+    out.notes.append("position embeddings resample the DINO way at other input sizes (interpolate_pos_encoding; "
+                     "pos_interp='dino', override with pos_interp=...)")
     args = obj.get("args")
     args = vars(args) if hasattr(args, "__dict__") and not isinstance(args, Mapping) else args
     if isinstance(args, Mapping):

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lastvit.checkpoints.core import CheckpointError
+from lastvit.models.vit import POS_INTERP
 
 __all__ = ["LoadOptions", "POS_INTERP", "arch_config"]
-
-#: position-embedding resampling families (``models.vit``'s ``pos_interp`` architecture key)
-POS_INTERP = ("timm", "dino", "open_clip")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ gives the pooled token that the DINO head projects, for the student and for the 
 
 * :class:`DINOHead`: MLP (``nlayers`` linear layers, GELU, hidden 2048) to a bottleneck (256), L2-normalise, then a
   weight-normalised bias-free linear layer to ``out_dim`` prototypes. Parameter names follow the official
-  repository (``mlp.0``, ``mlp.2``, ``mlp.4``, ``last_layer.weight_g``, ``last_layer.weight_v``), so a DINO
-  checkpoint's head reads into it unchanged. With ``norm_last_layer`` the norm ``weight_g`` is fixed to 1.
+  repository (``mlp.0``, ``mlp.2``, ``mlp.4``; a 1-layer head is a bare ``mlp`` Linear, ``mlp.weight``;
+  ``last_layer.weight_g``, ``last_layer.weight_v``), so a DINO checkpoint's head reads into it unchanged. With
+  ``norm_last_layer`` (default True, the official default) the norm ``weight_g`` is fixed to 1.
 * :class:`MultiCropWrapper`: runs the backbone once per run of consecutive same-resolution crops and the head once
   on all pooled tokens. LazyStrike's ``k`` given as a fraction resolves per crop size (``resolve_k``); an optional
   separate readout for local crops (``local_aggregator``) can set another K for them.
@@ -85,10 +86,11 @@ class DINOHead(nn.Module):
         super().__init__()
         if nlayers < 1:
             raise ValueError(f"DINOHead: nlayers must be >= 1, got {nlayers}")
-        if nlayers == 1:
-            layers: list[nn.Module] = [nn.Linear(in_dim, bottleneck_dim)]
+        self.nlayers = nlayers
+        if nlayers == 1:  # the official head: a bare Linear, keys mlp.weight / mlp.bias
+            self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim)
         else:
-            layers = [nn.Linear(in_dim, hidden_dim)]
+            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
             if use_bn:
                 layers.append(nn.BatchNorm1d(hidden_dim))
             layers.append(nn.GELU())
@@ -98,7 +100,7 @@ class DINOHead(nn.Module):
                     layers.append(nn.BatchNorm1d(hidden_dim))
                 layers.append(nn.GELU())
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
+            self.mlp = nn.Sequential(*layers)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -109,6 +111,15 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1, p=2)
         return self.last_layer(x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # lastvit files written before the 1-layer head followed the official layout name it mlp.0.*
+        if self.nlayers == 1:
+            for name in ("weight", "bias"):
+                old = f"{prefix}mlp.0.{name}"
+                if old in state_dict and f"{prefix}mlp.{name}" not in state_dict:
+                    state_dict[f"{prefix}mlp.{name}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class MultiCropWrapper(nn.Module):
