@@ -1,0 +1,5 @@
+"""``python -m lastvit.cli ...`` is the ``lastvit`` command."""
+
+from lastvit.cli import main
+
+raise SystemExit(main())
