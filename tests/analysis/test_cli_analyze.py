@@ -49,7 +49,7 @@ def test_analyze_pib_end_to_end_matches_library(tree):
     assert (out / "pib_overlays.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     # deterministic: a second run writes the same metrics
-    _, again = _run(tree, "pib")
+    _, again = _run(tree, "pib", "--overwrite")  # a finished run is replaced only with --overwrite
     assert again["metrics"] == m
 
 
