@@ -3,6 +3,7 @@ only) and box-aware transforms. Every dataset returns sample dicts as in docs/AR
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -38,9 +39,12 @@ _STACK = ("image", "label", "mask", "seg")
 
 def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Batch sample dicts: stacks ``image``, ``label`` (int64), ``mask`` and ``seg``; every other key (``boxes``,
-    ``caption``, ``id``, ...) becomes a list. ``None`` samples (images that failed to decode) are dropped; a
-    stacked key must be present in all samples or in none (a list key missing from a sample gives ``None``).
-    An all-``None`` batch gives ``{}``."""
+    ``caption``, ``id``, ...) becomes a list. ``None`` samples (images that failed to decode; the dataset counted
+    them in ``dataset.skipped``) are dropped; a stacked key must be present in all samples or in none (a list key
+    missing from a sample gives ``None``).
+
+    A batch in which every sample failed gives the **empty batch** ``{}`` (no keys, falsy): callers skip it with
+    ``if not batch: continue`` or iterate :func:`skip_empty_batches` ``(loader)``; it is never an error."""
     samples = [s for s in samples if s is not None]
     if not samples:
         return {}
@@ -62,6 +66,14 @@ def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     return out
 
 
+def skip_empty_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The batches of ``batches`` (e.g. a DataLoader with ``collate_fn=collate``) without the empty ones (every
+    image of the batch failed to decode; the dataset counted them)."""
+    for batch in batches:
+        if batch:
+            yield batch
+
+
 __all__ = [
     "COLOURS",
     "CenterCrop",
@@ -81,6 +93,7 @@ __all__ = [
     "SyntheticConfig",
     "SyntheticDataset",
     "collate",
+    "skip_empty_batches",
     "generate_batch",
     "write_imagefolder",
 ]

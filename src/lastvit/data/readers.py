@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -48,7 +49,21 @@ class DataError(ValueError):
 
 
 class ImageDecodeError(ValueError):
-    pass
+    """An image file cannot be decoded (the message names the file); ``reason`` is the counted skip reason."""
+
+    def __init__(self, msg: str, reason: str = "undecodable image") -> None:
+        super().__init__(msg)
+        self.reason = reason
+
+
+BOMB_REASON = "image exceeds PIL's decompression-bomb limit"
+NATIVE_REASON = "image too large for native-size evaluation"
+#: at native size (``image_size=None``) larger images are skipped: 4096 x 4096 pixels are 65,536 patch-16 tokens
+MAX_NATIVE_PIXELS = 4096 * 4096
+
+
+def _bomb_limit() -> float:
+    return float(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else float("inf")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -57,9 +72,18 @@ class ImageDecodeError(ValueError):
 
 def load_rgb(path: str | os.PathLike, fixed: Counter | None = None) -> np.ndarray:
     """Decode ``path`` with PIL to uint8 RGB (H, W, 3). Grayscale, CMYK, palette, RGBA/LA and 16-bit/float images
-    are converted (counted in ``fixed``). Raises :class:`ImageDecodeError` naming the file."""
+    are converted (counted in ``fixed``). Raises :class:`ImageDecodeError` naming the file; images above PIL's
+    decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` pixels) are refused with reason :data:`BOMB_REASON`."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"{path}: {BOMB_REASON} ({e})", BOMB_REASON) from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"{path}: cannot decode image ({e})") from None
+    try:
+        with im:
             im.load()
             mode = im.mode
             if mode == "RGB":
@@ -78,17 +102,32 @@ def load_rgb(path: str | os.PathLike, fixed: Counter | None = None) -> np.ndarra
             if fixed is not None:
                 fixed[f"converted {mode} image to RGB"] += 1
             return out
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ImageDecodeError(f"{path}: cannot decode image ({e})") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, MemoryError) as e:
+        raise ImageDecodeError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def _probe(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height), None) from the header, or (None, skip reason) when PIL cannot identify the file or the
+    image is past PIL's decompression-bomb limit."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = im.size
+    except Image.DecompressionBombError:
+        return None, BOMB_REASON
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return None, "undecodable image"
+    if size[0] <= 0 or size[1] <= 0:
+        return None, "undecodable image"
+    if size[0] * size[1] > _bomb_limit():
+        return None, BOMB_REASON
+    return size, None
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the header, or None when the file is not an image PIL can identify."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        return None
+    return _probe(path)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -182,6 +221,12 @@ class ImageRecords(torch.utils.data.Dataset):
         self.reduce_zero_label = reduce_zero_label
         self.coco = coco
         self.extra = extra or {}
+        self._counted: set[tuple[int, str]] = set()  # (index, reason): each file is counted once per reason
+
+    def _count(self, counter: Counter, index: int, reason: str, n: int = 1) -> None:
+        if (index, reason) not in self._counted:
+            self._counted.add((index, reason))
+            counter[reason] += n
 
     @property
     def num_images(self) -> int:
@@ -206,7 +251,10 @@ class ImageRecords(torch.utils.data.Dataset):
     def load(self, index: int) -> dict[str, Any]:
         """The raw sample (uint8 image, boxes in original pixels), before ``transform``. Raises on bad files."""
         r = self.records[index]
-        img = load_rgb(r["path"], self.fixed)
+        conv: Counter = Counter()
+        img = load_rgb(r["path"], conv)
+        for reason in conv:
+            self._count(self.fixed, index, reason)
         h, w = img.shape[:2]
         s: dict[str, Any] = dict(image=torch.from_numpy(img).permute(2, 0, 1).contiguous(), label=r["label"],
                                  id=r["id"], orig_size=(h, w), boxes_dropped=0)
@@ -229,6 +277,9 @@ class ImageRecords(torch.utils.data.Dataset):
             if self.reduce_zero_label:
                 seg = np.where(seg == 0, 255, seg - 1)
                 seg[seg == 254] = 255
+            if self.classes and not r.get("seg_mask"):  # labels beyond the class list: counted once, kept
+                if ((seg >= len(self.classes)) & (seg != 255)).any():
+                    self._count(self.fixed, index, "segmentation label beyond the class count (kept as is)")
             s["seg"] = torch.from_numpy(seg)
             if r.get("seg_mask"):  # VOC: foreground = object classes 1..20
                 s["mask"] = torch.from_numpy((seg > 0) & (seg != 255))
@@ -242,16 +293,17 @@ class ImageRecords(torch.utils.data.Dataset):
         n_before = len(s["boxes"])
         clip_boxes(s, h, w)
         if len(s["boxes"]) < n_before:
-            self.fixed["empty box dropped after clipping"] += n_before - len(s["boxes"])
+            self._count(self.fixed, index, "empty box dropped after clipping", n_before - len(s["boxes"]))
         return s
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         try:
             s = self.load(index)
-        except (ValueError, OSError) as e:
-            reason = "undecodable image" if isinstance(e, ImageDecodeError) else "bad annotation file"
-            self.skipped[reason] += 1
-            self.extra.setdefault("errors", []).append(str(e))
+        except (ValueError, OSError, MemoryError) as e:
+            reason = e.reason if isinstance(e, ImageDecodeError) else "bad annotation file"
+            if (index, reason) not in self._counted:
+                self.extra.setdefault("errors", []).append(str(e))
+            self._count(self.skipped, index, reason)
             return None
         return self.transform(s)
 
@@ -293,10 +345,11 @@ def _ensure_size(r: dict[str, Any], skipped: Counter, force: bool = False) -> bo
     False (counted as undecodable) when PIL cannot identify the file."""
     if not force and r.get("size") and r["size"][0] > 0 and r["size"][1] > 0:
         return True
-    sz = _image_size(Path(r["path"]))
+    sz, why = _probe(Path(r["path"]))
     if sz is None:
-        skipped["undecodable image"] += 1
+        skipped[why or "undecodable image"] += 1
         return False
+    r["header_size"] = sz
     if not (r.get("size") and r["size"][0] > 0 and r["size"][1] > 0):
         r["size"] = sz
     return True
@@ -327,8 +380,22 @@ def _resolve_imagenet(root: Path, split: str, ann_dir: str | None) -> tuple[Path
 def _finish(name: str, root: Path, recs: list[dict[str, Any]], skipped: Counter, fixed: Counter,
             classes: list[str], *, single_object: bool, max_box_area: float, limit: int | None,
             image_size: int | None, resize: int | None, opts: dict[str, Any], **kw: Any) -> ImageRecords:
+    looked = kw.pop("looked", None) or root
+    if not recs:
+        detail = f"; skipped: {dict(skipped)}" if skipped else ""
+        raise DataError(f"{name} dataset at {root}: no images found in {looked}{detail}")
+    max_native = opts.pop("max_native_pixels", MAX_NATIVE_PIXELS)
     if opts.pop("verify", True):  # header check: files PIL cannot identify are skipped up front
         recs = [r for r in recs if _ensure_size(r, skipped, force=True)]
+        if image_size is None and max_native:  # native size: a size guard (tokens grow with the pixels)
+            big = [r for r in recs if r["header_size"][0] * r["header_size"][1] > max_native]
+            if big:
+                skipped[NATIVE_REASON] += len(big)
+                w, h = big[0]["header_size"]
+                warnings.warn(f"{name} dataset at {root}: {len(big)} image(s) above {int(max_native):,} pixels "
+                              f"skipped at native size (e.g. {big[0]['path']}: {w}x{h}); give an image size or "
+                              f"max_native_pixels", stacklevel=3)
+                recs = [r for r in recs if r["header_size"][0] * r["header_size"][1] <= max_native]
     if single_object:
         recs = [r for r in recs if _ensure_size(r, skipped)]
         recs = _single_object_filter(recs, skipped, max_box_area)
@@ -336,7 +403,7 @@ def _finish(name: str, root: Path, recs: list[dict[str, Any]], skipped: Counter,
         recs = recs[: int(limit)]
     if not recs:
         detail = f"; skipped: {dict(skipped)}" if skipped else ""
-        raise DataError(f"{name} dataset at {root}: no images selected{detail}")
+        raise DataError(f"{name} dataset at {root}: no images selected in {looked}{detail}")
     default_mean, default_std = kw.pop("default_stats", (IMAGENET_MEAN, IMAGENET_STD))
     mean = tuple(opts.pop("mean", default_mean))
     std = tuple(opts.pop("std", default_std))
@@ -423,7 +490,7 @@ def _build_imagenet(root: Path, split: str | None, opts: dict[str, Any], skipped
     class_folders = opts.pop("class_folders", None)
     recs, classes = _imagenet_like("imagenet", root, img_root, ann_root, class_map or mapping, class_folders,
                                    skipped, folder_labels=False)
-    return recs, classes, {}
+    return recs, classes, dict(looked=img_root)
 
 
 def _build_imagefolder(root: Path, split: str | None, opts: dict[str, Any], skipped: Counter,
@@ -435,7 +502,7 @@ def _build_imagefolder(root: Path, split: str | None, opts: dict[str, Any], skip
         cm = root / "classes.txt"
     recs, classes = _imagenet_like("imagefolder", root, img_root, Path(ann_dir) if ann_dir else None, cm, True,
                                    skipped, folder_labels=True)
-    return recs, classes, {}
+    return recs, classes, dict(looked=f"{img_root}/<class>/")
 
 
 def _build_synthetic(root: Path, split: str | None, opts: dict[str, Any], skipped: Counter,
@@ -465,7 +532,7 @@ def _build_synthetic(root: Path, split: str | None, opts: dict[str, Any], skippe
         r["mask_path"] = str(m)
         r["caption"] = captions.get(rel, "")
         out.append(r)
-    return out, classes, dict(default_stats=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    return out, classes, dict(default_stats=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), looked=f"{root / split}/<class>/")
 
 
 def _build_voc(root: Path, split: str | None, opts: dict[str, Any], skipped: Counter,
@@ -514,7 +581,29 @@ def _build_voc(root: Path, split: str | None, opts: dict[str, Any], skipped: Cou
                 continue
             r["seg_path"], r["seg_mask"] = str(seg), True
         recs.append(r)
-    return recs, classes, {}
+    return recs, classes, dict(looked=f"{base / 'JPEGImages'} (ids from {split_file})")
+
+
+def _coco_bbox_ok(b: Any) -> bool:
+    return isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+
+
+def _check_coco(d: Any, ann_file: Path) -> None:
+    """One line naming the file and the problem for a COCO file lastvit cannot read."""
+    if not isinstance(d, dict):
+        raise DataError(f"{ann_file}: malformed COCO annotation file (not a JSON object)")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(d.get(key), list):
+            got = "missing" if key not in d else f"a {type(d[key]).__name__}, not a list"
+            raise DataError(f"{ann_file}: malformed COCO annotation file ('{key}' is {got})")
+    for n, img in enumerate(d["images"]):
+        for key in ("id", "file_name"):
+            if not isinstance(img, dict) or key not in img:
+                ident = img.get("id", f"#{n}") if isinstance(img, dict) else f"#{n}"
+                raise DataError(f"{ann_file}: malformed COCO annotation file (image {ident} has no '{key}')")
+    for n, cat in enumerate(d["categories"]):
+        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
+            raise DataError(f"{ann_file}: malformed COCO annotation file (category #{n} needs 'id' and 'name')")
 
 
 def _build_coco(root: Path, split: str | None, opts: dict[str, Any], skipped: Counter,
@@ -529,8 +618,10 @@ def _build_coco(root: Path, split: str | None, opts: dict[str, Any], skipped: Co
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann_file))
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{ann_file}: malformed COCO annotation file ({e})") from None
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        what = f"missing key {e}" if isinstance(e, KeyError) else (str(e) or "not a JSON object")
+        raise DataError(f"{ann_file}: malformed COCO annotation file ({what})") from None
+    _check_coco(coco.dataset, ann_file)
     keep_crowd = opts.pop("keep_crowd", False)
     skip_empty = opts.pop("skip_empty", True)
     with_masks = opts.pop("masks", True)
@@ -552,10 +643,13 @@ def _build_coco(root: Path, split: str | None, opts: dict[str, Any], skipped: Co
             skipped["missing image"] += 1
             continue
         anns = [a for a in coco.imgToAnns.get(i, []) if keep_crowd or not a.get("iscrowd", 0)]
-        bad = [a for a in anns if len(a.get("bbox", [])) != 4]
+        bad = [a for a in anns if not _coco_bbox_ok(a.get("bbox"))]
         if bad:
             skipped["malformed annotation"] += 1
             continue
+        unknown = [a for a in anns if a.get("category_id") not in cat_index]
+        if unknown:  # a label beyond the category list: the box is kept with label -1, counted once per image
+            skipped["annotation with a category_id not in categories (label -1)"] += 1
         if skip_empty and not anns:
             skipped["no objects"] += 1
             continue
@@ -567,7 +661,7 @@ def _build_coco(root: Path, split: str | None, opts: dict[str, Any], skipped: Co
                          box_labels=[cat_index.get(a["category_id"], -1) for a in anns],
                          size=(info.get("width", 0), info.get("height", 0)),
                          coco_anns=anns if with_masks else None))
-    return recs, classes, dict(coco=coco)
+    return recs, classes, dict(coco=coco, looked=f"{img_dir} (images listed in {ann_file})")
 
 
 def _build_seg(root: Path, split: str | None, opts: dict[str, Any], skipped: Counter,
@@ -609,7 +703,7 @@ def _build_seg(root: Path, split: str | None, opts: dict[str, Any], skipped: Cou
             skipped["missing annotation"] += 1
             continue
         recs.append(dict(path=str(img), id=s, label=-1, seg_path=str(seg)))
-    return recs, classes, dict(reduce_zero_label=reduce_zero_label)
+    return recs, classes, dict(reduce_zero_label=reduce_zero_label, looked=f"{img_dir} (*{img_suffix})")
 
 
 _BUILDERS = {
