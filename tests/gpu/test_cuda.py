@@ -3,6 +3,8 @@ bf16 / fp16 autocast gives finite scores and the float32 selections on well-sepa
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,9 @@ def _exact_float32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _model(name: str = "vit_small_patch16_224", **kw) -> lastvit.LastViT:
+def _model(name: str | None = None, **kw) -> lastvit.LastViT:
+    """A random-weight ViT-S/16 (``LASTVIT_GPU_MODEL`` picks another timm name, e.g. for the CPU smoke run)."""
+    name = name or os.environ.get("LASTVIT_GPU_MODEL", "vit_small_patch16_224")
     torch.manual_seed(0)
     return lastvit.create_model(name, aggregator="lazystrike", num_classes=10, **kw).eval()
 
