@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from open_clip.model import CLIP as OpenClipCLIP
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
@@ -12,14 +13,15 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from lastvit.checkpoints.clip import load_clip
 from lastvit.data import SHAPES
 from lastvit.models.clip import CLIP
-from lastvit.train.clip import ClipModule, build, fit, resolve_config
+from lastvit.train import fit
+from lastvit.train.clip import ClipModule, build, resolve_config
 
 TINY = {
     "model": {"vision": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
               "text": {"context_length": 12, "width": 32, "heads": 2, "layers": 1}, "embed_dim": 16,
               "aggregator_kwargs": {"k": 2}},
-    "data": {"synthetic": {"image_size": 32, "num_classes": 4}, "train_size": 16, "val_size": 8},
-    "optim": {"batch_size": 8, "lr": 2e-3, "warmup_steps": 1},
+    "data": {"synthetic": {"image_size": 32, "num_classes": 4}, "train_size": 16, "val_size": 8, "global_batch": 8},
+    "optim": {"lr": 2e-3, "warmup_steps": 1},
     "trainer": {"max_steps": 3, "progress_bar": False, "log_every": 1},
 }
 
@@ -64,12 +66,15 @@ def test_frozen_text_tower_does_not_move():
 
 
 def test_fit_writes_loadable_model(tmp_path):
-    res = fit(TINY, out_dir=tmp_path)
+    res = fit({**TINY, "task": "clip", "out_dir": str(tmp_path)})
     m = res["metrics"]
-    assert m["steps"] == 3 and (tmp_path / "clip.pt").is_file()
+    assert m["steps"] == 3 and (tmp_path / "model.pt").is_file() and res["model_path"] == tmp_path / "model.pt"
     saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["task"] == "clip" and saved["files"]["model"] == "model.pt"
+    saved = saved["metrics"]
     assert saved["steps"] == 3 and "zero_shot" in saved["after"] and saved["after"]["chance_top1"] == 25.0
-    loaded = load_clip(tmp_path / "clip.pt").eval()
+    assert "zero_shot" in saved["before"]  # the untrained model, measured before the first step
+    loaded = load_clip(tmp_path / "model.pt").eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(x), res["model"].encode_image(x))
@@ -94,4 +99,15 @@ def test_finetune_from_open_clip_checkpoint_with_lazystrike(tmp_path):
     tr = data.train_set
     assert all(data.classnames[int(y)] in c for y, c in zip(tr.labels, tr.captions))
     assert tr.text.shape == (16, 12)
-    assert resolve_config(cfg)["optim"]["batch_size"] == 8
+    assert resolve_config(cfg)["data"]["global_batch"] == 8
+
+
+def test_old_batch_spelling_is_read_with_a_note(capsys):
+    old = {**TINY, "data": {k: v for k, v in TINY["data"].items() if k != "global_batch"},
+           "optim": {**TINY["optim"], "batch_size": 8}}
+    cfg = resolve_config(old)
+    assert cfg["data"]["global_batch"] == 8 and "batch_size" not in cfg["optim"]
+    assert "optim.batch_size is deprecated, use data.global_batch" in capsys.readouterr().err
+    both = {**TINY, "optim": {**TINY["optim"], "batch_size": 8}}
+    with pytest.raises(ValueError, match="both optim.batch_size"):
+        resolve_config(both)

@@ -11,15 +11,21 @@ import torch
 
 from lastvit import create_model
 from lastvit.aggregate import LazyStrike
+from lastvit.data.multicrop import BatchMultiCrop
 from lastvit.models.dino import (
     DINOHead,
     DINOLoss,
     MultiCropWrapper,
     WeightNormLinear,
-    cosine_schedule,
     ema_update,
 )
-from lastvit.train.dino import BatchMultiCrop, DINOModule, export_dino_checkpoint, fit, resolve_config, save_teacher
+from lastvit.train import fit as run_fit
+from lastvit.train.dino import DINOModule, export_dino_checkpoint, resolve_config, save_teacher
+from lastvit.train.optim import cosine_schedule
+
+
+def fit(cfg, out_dir):
+    return run_fit({**cfg, "task": "dino", "out_dir": str(out_dir)})
 
 TINY = {
     "model": {"name": "vit_micro_patch8_64", "arch": {"depth": 2, "embed_dim": 48, "num_heads": 3},
@@ -257,15 +263,17 @@ def test_fit_synthetic_end_to_end(tmp_path):
                trainer={"max_epochs": 1, "progress_bar": False, "log_every": 1},
                eval={"linear_epochs": 2, "knn_k": 4})
     out = fit(cfg, out_dir=tmp_path / "run")
-    assert out["out_dir"] == tmp_path / "run"
+    assert out["out_dir"] == tmp_path / "run" and out["model_path"] == tmp_path / "run" / "model.pt"
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == "dino" and metrics["files"]["dino_checkpoint"] == "dino_checkpoint.pth"
+    saved, metrics = metrics, metrics["metrics"]
     assert metrics["iterations"] == 2 and len(metrics["epoch_loss"]) == 1
     assert 0.0 <= metrics["eval"]["knn_top1"] <= 100.0 and metrics["eval"]["n_val"] == 8
-    assert metrics["config"]["crops"]["n_local"] == 2
-    for f in ("dino_checkpoint.pth", "teacher.pth", "checkpoints/last.ckpt"):
+    assert saved["config"]["crops"]["n_local"] == 2
+    for f in ("dino_checkpoint.pth", "model.pt", "checkpoints/last.ckpt"):
         assert (tmp_path / "run" / f).is_file(), f
     assert not list((tmp_path / "run").glob(".*.tmp"))
-    re = create_model(checkpoint=str(tmp_path / "run" / "teacher.pth")).eval()
+    re = create_model(checkpoint=str(tmp_path / "run" / "model.pt")).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(re(x), out["model"](x), rtol=0, atol=0)

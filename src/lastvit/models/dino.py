@@ -36,10 +36,8 @@ __all__ = [
     "MultiCropWrapper",
     "DINOLoss",
     "ema_update",
-    "cosine_schedule",
     "teacher_temp_schedule",
     "dino_state_dict",
-    "clip_gradients",
     "build_local_aggregator",
 ]
 
@@ -178,25 +176,6 @@ def teacher_temp_schedule(warmup_temp: float, temp: float, warmup_epochs: int, e
     return np.concatenate([warm, np.full(max(epochs - warmup_epochs, 0), temp)])
 
 
-def cosine_schedule(
-    base: float,
-    final: float,
-    epochs: int,
-    iters_per_epoch: int,
-    warmup_epochs: float = 0,
-    start_warmup: float = 0.0,
-) -> np.ndarray:
-    """DINO's per-iteration schedule: linear ``start_warmup -> base`` over the warm-up iterations, then a
-    half-cosine ``base -> final`` over the rest; length ``epochs * iters_per_epoch``."""
-    total = int(epochs * iters_per_epoch)
-    nwarm = min(int(round(warmup_epochs * iters_per_epoch)), total)
-    warm = np.linspace(start_warmup, base, nwarm) if nwarm > 0 else np.zeros(0)
-    it = np.arange(total - nwarm)
-    n = max(len(it), 1)
-    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * it / n))
-    return np.concatenate([warm, cos])
-
-
 class DINOLoss(nn.Module):
     """DINO's self-distillation loss with teacher centring and sharpening.
 
@@ -266,20 +245,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         raise ValueError(f"ema_update: teacher has {len(tp)} parameters, student {len(sp)}")
     torch._foreach_mul_(tp, momentum)
     torch._foreach_add_(tp, [p.detach() for p in sp], alpha=1.0 - momentum)
-
-
-def clip_gradients(model: nn.Module, clip: float) -> list[float]:
-    """DINO's per-parameter clipping: each gradient with norm above ``clip`` is rescaled to ``clip``."""
-    norms = []
-    for p in model.parameters():
-        if p.grad is None:
-            continue
-        n = p.grad.detach().norm(2)
-        norms.append(float(n))
-        coef = clip / (n + 1e-6)
-        if coef < 1:
-            p.grad.mul_(coef)
-    return norms
 
 
 def dino_state_dict(wrapper: MultiCropWrapper, prefix: str = "") -> dict[str, torch.Tensor]:

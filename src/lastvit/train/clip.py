@@ -1,8 +1,9 @@
 """Text-supervised LaSt-ViT: CLIP training / fine-tuning on Lightning with the gathered contrastive loss.
 
-``build(cfg) -> (ClipModule, ClipDataModule)`` (the ``lastvit train`` contract) and ``fit(cfg) -> {"model",
-"metrics", "out_dir"}``. The model is :class:`lastvit.models.clip.CLIP`: random init from ``model.vision`` /
-``model.text`` / ``model.embed_dim``, or a local whole-CLIP checkpoint (``model.checkpoint``: OpenAI, open_clip or
+The task module of :func:`lastvit.train.fit`: :data:`DEFAULTS`, ``resolve_config``, ``build(cfg) -> (ClipModule,
+ClipDataModule)`` and ``export`` (``model.pt``: the whole CLIP, :func:`lastvit.checkpoints.clip.save_clip`).
+The model is :class:`lastvit.models.clip.CLIP`: random init from ``model.vision`` / ``model.text`` /
+``model.embed_dim``, or a local whole-CLIP checkpoint (``model.checkpoint``: OpenAI, open_clip or
 lastvit file) read through :func:`lastvit.create_model`. ``model.aggregator`` switches the image readout (LazyStrike
 fine-tuning of a public CLIP is the first-class recipe); ``model.freeze_text`` freezes the text tower.
 
@@ -12,7 +13,6 @@ Recipe keys and defaults: :data:`DEFAULTS` (a tiny CPU CLIP on the synthetic cap
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from pathlib import Path
@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from lastvit.checkpoints.clip import save_clip
 from lastvit.evaluate.zeroshot import load_templates, zero_shot_accuracy, zero_shot_classifier
-from lastvit.io import atomic_write
 from lastvit.models.clip import CLIP
 from lastvit.models.clip_loss import clip_loss
+from lastvit.train.config import TRAINER_DEFAULTS, ConfigError, deprecated, merge, per_device_batch
+from lastvit.train.data import StepSampler, _ResumableLoader
 
-__all__ = ["DEFAULTS", "ClipModule", "ClipDataModule", "resolve_config", "build_model", "build", "fit"]
+__all__ = ["DEFAULTS", "ClipModule", "ClipDataModule", "resolve_config", "build_model", "build", "export", "evaluate"]
 
 # Every key a CLIP recipe may set, with its default: a tiny CLIP on the synthetic captions (CPU, ~1 min).
 DEFAULTS: dict[str, Any] = {
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "data": {
         "kind": "synthetic",  # synthetic | csv | tar
+        "global_batch": 64,  # split over devices x nodes (optim.batch_size: the old spelling, still read)
         "synthetic": {},  # lastvit.data.SyntheticConfig keyword arguments
         "train_size": 2048,
         "val_size": 256,
@@ -60,7 +62,6 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
     },
     "optim": {
-        "batch_size": 64,  # global batch (split over devices)
         "lr": 5e-4,
         "weight_decay": 0.1,
         "betas": [0.9, 0.98],
@@ -76,50 +77,33 @@ DEFAULTS: dict[str, Any] = {
         "templates": ["a {}", "a small {}", "a medium {}", "a large {}"],  # "imagenet": the 80 CLIP prompts
         "classnames": None,  # csv/tar: class names for zero-shot eval on a labelled val set (else skipped)
     },
+    "trainer": {**copy.deepcopy(TRAINER_DEFAULTS), "max_steps": 100},
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if k not in base:
-            raise ValueError(f"clip config: unknown key {path}{k!r}; known: {sorted(base)}")
-        free = k in ("synthetic", "text", "aggregator_kwargs", "arch_overrides", "vision")
-        if isinstance(base[k], dict) and isinstance(v, dict) and not free:
-            out[k] = _merge(base[k], v, f"{path}{k}.")
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def resolve_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """The full CLIP recipe: ``cfg`` deep-merged onto :data:`DEFAULTS` (the ``trainer`` section onto
-    ``lastvit.train.config.DEFAULTS["trainer"]``); unknown keys are an error."""
-    from lastvit.train.config import DEFAULTS as TRAIN_DEFAULTS
-
-    cfg = dict(cfg or {})
+def resolve_config(cfg: dict[str, Any] | None, src: str = "clip config") -> dict[str, Any]:
+    """The full CLIP recipe: ``cfg`` deep-merged onto :data:`DEFAULTS`; unknown keys are a :class:`ConfigError`.
+    ``optim.batch_size`` (the old spelling of the global batch) is read as ``data.global_batch``."""
+    cfg = copy.deepcopy(dict(cfg or {}))
     if cfg.get("task", "clip") != "clip":
-        raise ValueError(f"clip config: task must be 'clip', got {cfg.get('task')!r}")
-    trainer = {**TRAIN_DEFAULTS["trainer"], "max_steps": 100, **(cfg.pop("trainer", None) or {})}
-    unknown = set(trainer) - set(TRAIN_DEFAULTS["trainer"])
-    if unknown:
-        raise ValueError(f"clip config: unknown trainer keys {sorted(unknown)}")
-    extra = {k: cfg.pop(k) for k in ("seed",) if k in cfg}
-    out = _merge(DEFAULTS, cfg)
-    out["trainer"] = trainer
-    if "seed" in extra:
-        out["trainer"]["seed"] = extra["seed"]
-    d = out["data"]
+        raise ConfigError(f"{src}: task must be 'clip', got {cfg.get('task')!r}")
+    deprecated(cfg, "optim.batch_size", "data.global_batch", src, int)
+    seed = cfg.pop("seed", None)
+    out = merge(DEFAULTS, cfg, "", src)
+    if seed is not None:
+        out["trainer"]["seed"] = seed
+    d, trainer = out["data"], out["trainer"]
     if d["kind"] not in ("synthetic", "csv", "tar"):
-        raise ValueError(f"clip config: data.kind must be synthetic, csv or tar, got {d['kind']!r}")
+        raise ConfigError(f"{src}: data.kind must be synthetic, csv or tar, got {d['kind']!r}")
     if d["kind"] == "csv" and not d["train_csv"]:
-        raise ValueError("clip config: data.kind=csv needs data.train_csv")
+        raise ConfigError(f"{src}: data.kind=csv needs data.train_csv")
     if d["kind"] == "tar" and not d["train_shards"]:
-        raise ValueError("clip config: data.kind=tar needs data.train_shards")
-    if int(out["optim"]["batch_size"]) < 2:
-        raise ValueError("clip config: optim.batch_size must be >= 2 (the contrastive loss needs negatives)")
+        raise ConfigError(f"{src}: data.kind=tar needs data.train_shards")
+    if int(d["global_batch"]) < 2:
+        raise ConfigError(f"{src}: data.global_batch must be >= 2 (the contrastive loss needs negatives)")
     if not trainer.get("max_steps") or int(trainer["max_steps"]) <= 0:
-        raise ValueError("clip config: set trainer.max_steps (> 0)")
+        raise ConfigError(f"{src}: set trainer.max_steps (> 0)")
+    per_device_batch(out, src)
     return out
 
 
@@ -159,6 +143,46 @@ class ClipModule(L.LightningModule):
         self.classnames: list[str] | None = None
         self._val: dict[str, list] = {}
         self.history: list[dict[str, float]] = []
+        self.before: dict[str, Any] | None = None  # validation numbers of the untrained model
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is not None:
+            dm.setup(stage)
+            self.classnames = dm.classnames
+
+    def on_train_start(self) -> None:
+        """The untrained model's validation numbers, once (a resumed run has them from its checkpoint)."""
+        if self.before is None:
+            dm = self.trainer.datamodule
+            self.before = evaluate(self.model, dm, self.cfg) if self.cfg["eval"]["enabled"] and \
+                self.trainer.is_global_zero else {}
+            self.model.train()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["clip_history"] = {"before": self.before, "losses": list(self.history)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        h = checkpoint.get("clip_history") or {}
+        self.before, self.history = h.get("before"), list(h.get("losses", []))
+
+    def summary(self) -> dict[str, Any]:
+        """Final metrics: train loss at the start and the end, validation before/after, the temperature."""
+        model = self.model
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        after = evaluate(model, dm, self.cfg) if dm is not None and self.cfg["eval"]["enabled"] and \
+            self.trainer.is_global_zero else {}
+        losses = [h["loss"] for h in self.history]
+        k = max(1, min(10, len(losses) // 5))
+        return {
+            "task": "clip",
+            "steps": int(self.global_step),
+            "train_loss_first": sum(losses[:k]) / k if losses else None,
+            "train_loss_last": sum(losses[-k:]) / k if losses else None,
+            "before": self.before or {},
+            "after": after,
+            "logit_scale": float(model.logit_scale.detach().exp()),
+        }
 
     def forward(self, images: torch.Tensor, text: torch.Tensor):
         return self.model(images, text)
@@ -211,7 +235,7 @@ class ClipModule(L.LightningModule):
             g["params"] = [p for p in g["params"] if p.requires_grad]
         opt = torch.optim.AdamW(groups, lr=float(o["lr"]), betas=tuple(float(b) for b in o["betas"]),
                                 eps=float(o["eps"]))
-        total = max(int(self.cfg["trainer"]["max_steps"]), 1)
+        total = max(int(self.cfg["trainer"]["max_steps"]), 1)  # one warm-up unit per task: CLIP counts steps
         warm = min(int(o["warmup_steps"]), total - 1) / total
         mf = float(o["min_lr_factor"])
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -243,7 +267,8 @@ class ClipDataModule(L.LightningDataModule):
 
     ``data.kind``: ``synthetic`` (:class:`lastvit.data.SyntheticDataset` with its captions; zero-shot eval over the
     shape names), ``csv`` (:class:`lastvit.data.text.ImageTextCSV`) or ``tar`` (:class:`ImageTextTar`). The batch
-    size per device is ``optim.batch_size / world_size``; Lightning shards the data across ranks.
+    size per device is ``data.global_batch / (devices x nodes)`` (:func:`lastvit.train.per_device_batch`); the
+    train loader is a :class:`lastvit.train.data.StepSampler` (seeded, rank-aware, resumable mid-epoch).
     """
 
     def __init__(self, cfg: dict[str, Any], tokenizer: Any) -> None:
@@ -255,11 +280,7 @@ class ClipDataModule(L.LightningDataModule):
         self.classnames: list[str] | None = None
 
     def _per_device(self) -> int:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        g = int(self.cfg["optim"]["batch_size"])
-        if g % world:
-            raise ValueError(f"clip config: optim.batch_size={g} is not divisible by the world size {world}")
-        return g // world
+        return per_device_batch(self.cfg, "clip config")
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -296,18 +317,35 @@ class ClipDataModule(L.LightningDataModule):
 
         return TokenizingCollate(self.tokenizer)
 
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        t = self.trainer
+        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
+        sampler = StepSampler(len(ds), self._per_device(), train=train, rank=rank, world=world,
+                              seed=int(self.cfg["trainer"]["seed"]))
+        if train and t is not None:
+            loop = t.fit_loop.epoch_loop
+            sampler.progress_fn = lambda: loop.batch_progress.current.processed
+        nw = int(self.cfg["data"]["num_workers"])
+        return _ResumableLoader(ds, batch_sampler=sampler, num_workers=nw, collate_fn=self.collate(),
+                                step_sampler=sampler, persistent_workers=nw > 0 and train)
+
+    def collate(self) -> Any:
+        """``None`` (default collation) for the tokenized synthetic pairs, else a tokenizing collate."""
+        if self.cfg["data"]["kind"] == "synthetic":
+            return None
+        from lastvit.data.text import TokenizingCollate
+
+        return TokenizingCollate(self.tokenizer)
+
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        nw = int(self.cfg["data"]["num_workers"])
-        return DataLoader(self.train_set, batch_size=self._per_device(), shuffle=True, drop_last=True,
-                          num_workers=nw, collate_fn=self._collate(), persistent_workers=nw > 0)
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
-        if self.val_set is None:
+        if self.val_set is None or not self.cfg["eval"]["enabled"]:
             return []
-        return DataLoader(self.val_set, batch_size=self._per_device(), shuffle=False,
-                          num_workers=int(self.cfg["data"]["num_workers"]), collate_fn=self._collate())
+        return self._loader(self.val_set, train=False)
 
 
 # ----------------------------------------------------------------------------------------------------- entry points
@@ -319,24 +357,21 @@ def build(cfg: dict[str, Any]) -> tuple[ClipModule, ClipDataModule]:
     return module, data
 
 
-def _atomic_json(obj: Any, path: Path) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str))
-
-
 @torch.no_grad()
 def evaluate(model: CLIP, data: ClipDataModule, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Validation contrastive loss (single process, batches of ``optim.batch_size``) and zero-shot top-1/top-5."""
+    """Validation contrastive loss (single process, batches of ``data.global_batch``) and zero-shot top-1/top-5."""
     model.eval()
     data.setup()
+    dev = next(model.parameters()).device
     out: dict[str, Any] = {}
     if data.val_set is None:
         return out
-    loader = DataLoader(data.val_set, batch_size=int(cfg["optim"]["batch_size"]), collate_fn=data._collate())
+    loader = DataLoader(data.val_set, batch_size=int(cfg["data"]["global_batch"]), collate_fn=data.collate())
     tot, n = 0.0, 0
     batches = list(loader)
     for b in batches:
         if b["image"].shape[0] >= 2:
-            img, txt, s = model(b["image"], b["text"])
+            img, txt, s = model(b["image"].to(dev), b["text"].to(dev))
             tot += float(clip_loss(img, txt, s, gather=False)) * b["image"].shape[0]
             n += b["image"].shape[0]
     if n:
@@ -350,50 +385,18 @@ def evaluate(model: CLIP, data: ClipDataModule, cfg: dict[str, Any]) -> dict[str
     return out
 
 
-def fit(cfg: dict[str, Any], out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Train a CLIP; writes ``clip.pt`` (lastvit format), ``metrics.json`` and Lightning logs into ``out_dir``.
+def export(module: ClipModule, out_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[str, str]:
+    """``model.pt``: the whole CLIP (both towers, tokenizer settings) in lastvit's CLIP format (rank 0 only)."""
+    save_clip(module.model, Path(out_dir) / "model.pt", extra=extra)
+    return {"model": "model.pt", "lightning": "checkpoints/last.ckpt"}
 
-    Returns ``{"model": CLIP, "metrics": {...}, "out_dir": Path}``; metrics hold the loss before and after
-    training on the validation set and zero-shot accuracy (synthetic: over the shape names).
-    """
-    cfg = resolve_config(cfg)
-    out = Path(out_dir or cfg["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    t = cfg["trainer"]
-    L.seed_everything(int(t["seed"]), workers=True, verbose=False)
-    module, data = build(cfg)
-    data.setup()
-    module.classnames = data.classnames
-    before = evaluate(module.model, data, cfg) if cfg["eval"]["enabled"] else {}
-    module.model.train()
-    trainer = L.Trainer(
-        max_steps=int(t["max_steps"]), max_epochs=-1, accelerator=t["accelerator"], devices=t["devices"],
-        num_nodes=int(t["num_nodes"]), strategy=t["strategy"], precision=t["precision"],
-        log_every_n_steps=int(t["log_every"]), enable_progress_bar=bool(t["progress_bar"]),
-        enable_model_summary=bool(t["model_summary"]), deterministic=bool(t["deterministic"]),
-        gradient_clip_val=cfg["optim"]["grad_clip"], accumulate_grad_batches=int(t["accumulate"]),
-        val_check_interval=t["val_every"], check_val_every_n_epoch=None if t["val_every"] else 1,
-        limit_val_batches=1.0 if cfg["eval"]["enabled"] else 0, num_sanity_val_steps=0,
-        default_root_dir=str(out), logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
-        enable_checkpointing=False,
-    )
-    trainer.fit(module, datamodule=data)
-    model = module.model.cpu().eval()
-    after = evaluate(model, data, cfg) if cfg["eval"]["enabled"] else {}
-    losses = [h["loss"] for h in module.history]
-    k = max(1, min(10, len(losses) // 5))
-    metrics: dict[str, Any] = {
-        "task": "clip",
-        "config": cfg,
-        "steps": int(trainer.global_step),
-        "train_loss_first": sum(losses[:k]) / k if losses else None,
-        "train_loss_last": sum(losses[-k:]) / k if losses else None,
-        "before": before,
-        "after": after,
-        "logit_scale": float(model.logit_scale.detach().exp()),
-        "files": {"model": "clip.pt"},
-    }
-    if trainer.is_global_zero:
-        save_clip(model, out / "clip.pt", extra={"steps": metrics["steps"]})
-        _atomic_json(metrics, out / "metrics.json")
-    return {"model": model, "metrics": metrics, "out_dir": out}
+
+def fit(cfg: dict[str, Any], out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Deprecated: ``lastvit.train.fit(cfg)`` (this thin wrapper goes once every caller has switched)."""
+    from lastvit.train.runner import fit as run
+
+    cfg = dict(cfg)
+    cfg["task"] = "clip"
+    if out_dir is not None:
+        cfg["out_dir"] = str(out_dir)
+    return run(cfg)

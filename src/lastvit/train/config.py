@@ -8,15 +8,18 @@ checks the result. Errors are :class:`ConfigError` (a ``ValueError``) naming the
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+import sys
 from typing import Any
 
 from lastvit.recipes import ConfigError, apply_overrides, load_recipe
 
-__all__ = ["ConfigError", "DEFAULTS", "load_config", "apply_overrides", "resolve_config", "per_device_batch"]
+__all__ = ["ConfigError", "DEFAULTS", "TRAINER_DEFAULTS", "load_config", "apply_overrides", "resolve_config", "merge",
+           "per_device_batch", "task_of"]
 
 
-TASKS = ("classify", "clip", "dino")
+TASKS = ("classify", "clip", "dino", "ovdet")
 
 # Defaults of every section; a recipe only states what differs.
 DEFAULTS: dict[str, Any] = {
@@ -77,16 +80,66 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _merge(base: dict[str, Any], new: dict[str, Any], where: str, src: str) -> dict[str, Any]:
+#: keys whose dict values replace the default whole instead of being merged key by key (free-form options)
+LEAF_KEYS = ("synthetic", "aggregator_kwargs", "local_aggregator_kwargs", "arch", "arch_overrides", "text",
+             "vision")
+
+
+def merge(base: dict[str, Any], new: dict[str, Any], where: str = "", src: str = "config",
+          leaf: tuple[str, ...] = LEAF_KEYS) -> dict[str, Any]:
+    """``new`` deep-merged onto a copy of ``base``; a key ``base`` does not have is a :class:`ConfigError`.
+
+    The readout's options belong to the readout: when ``new`` sets ``model.aggregator`` to another readout than
+    ``base`` and leaves ``model.aggregator_kwargs`` out, the defaults' options (e.g. LazyStrike's K) are dropped.
+    """
+    if not isinstance(new, dict):
+        raise ConfigError(f"{src}: {where.rstrip('.') or 'the recipe'} must be a mapping, got {type(new).__name__}")
     out = copy.deepcopy(base)
     for k, v in new.items():
         if k not in base:
             raise ConfigError(f"{src}: unknown key {where}{k!r}; known: {sorted(base)}")
-        if isinstance(base[k], dict) and base[k] and isinstance(v, dict) and k not in ("synthetic",):
-            out[k] = _merge(base[k], v, f"{where}{k}.", src)
+        if isinstance(base[k], dict) and base[k] and isinstance(v, dict) and k not in leaf:
+            out[k] = merge(base[k], v, f"{where}{k}.", src, leaf)
         else:
             out[k] = copy.deepcopy(v)
+    if ("aggregator" in new and "aggregator_kwargs" in base and "aggregator_kwargs" not in new
+            and new["aggregator"] != base.get("aggregator")):
+        out["aggregator_kwargs"] = {}
     return out
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any], where: str, src: str) -> dict[str, Any]:
+    return merge(base, new, where, src)
+
+
+def task_of(raw: dict[str, Any], src: str = "config") -> str:
+    """The ``task`` of a raw recipe (``classify`` when absent); an error for an unknown one."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    task = raw.get("task", "classify")
+    if task not in TASKS:
+        raise ConfigError(f"{src}: task must be one of {list(TASKS)}, got {task!r}")
+    return task
+
+
+#: the ``trainer`` section every task shares
+TRAINER_DEFAULTS: dict[str, Any] = DEFAULTS["trainer"]
+
+
+def deprecated(cfg: dict[str, Any], old: str, new: str, src: str, convert: Any = None) -> None:
+    """Move the value of dotted key ``old`` to ``new`` (through ``convert``) with a one-line note on stderr;
+    an error when both are set."""
+    o_sec, o_key = old.rsplit(".", 1)
+    n_sec, n_key = new.rsplit(".", 1)
+    osec = cfg.get(o_sec)
+    if not isinstance(osec, dict) or o_key not in osec:
+        return
+    nsec = cfg.setdefault(n_sec, {})
+    if n_key in nsec:
+        raise ConfigError(f"{src}: both {old} (deprecated) and {new} are set; keep {new}")
+    value = osec.pop(o_key)
+    nsec[n_key] = convert(value) if convert else value
+    print(f"lastvit: note: {src}: {old} is deprecated, use {new} (read as {new}={nsec[n_key]!r})", file=sys.stderr)
 
 
 def per_device_batch(cfg: dict[str, Any], src: str = "config") -> int:
@@ -107,18 +160,15 @@ def per_device_batch(cfg: dict[str, Any], src: str = "config") -> int:
 
 
 def resolve_config(raw: dict[str, Any], src: str = "config") -> dict[str, Any]:
-    """Fill defaults into a raw recipe dict and check it. Sections of other tasks pass through unchanged."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{src}: a recipe must be a YAML mapping, got {type(raw).__name__}")
-    task = raw.get("task", "classify")
-    if task not in TASKS:
-        raise ConfigError(f"{src}: task must be one of {list(TASKS)}, got {task!r}")
+    """Fill the task's defaults into a raw recipe dict and check it (``task`` picks ``lastvit.train.<task>``)."""
+    task = task_of(raw, src)
     if task != "classify":
-        # clip / dino own their schema; only the shared trainer section gets defaults here.
-        cfg = copy.deepcopy(raw)
-        cfg["trainer"] = _merge(DEFAULTS["trainer"], raw.get("trainer") or {}, "trainer.", src)
-        cfg.setdefault("out_dir", DEFAULTS["out_dir"])
-        return cfg
+        return importlib.import_module(f"lastvit.train.{task}").resolve_config(raw, src)
+    return resolve_classify(raw, src)
+
+
+def resolve_classify(raw: dict[str, Any], src: str = "config") -> dict[str, Any]:
+    """The label-supervised recipe: ``raw`` merged onto :data:`DEFAULTS` and checked."""
     cfg = _merge(DEFAULTS, raw, "", src)
     t, d, o = cfg["trainer"], cfg["data"], cfg["optim"]
     if d["kind"] not in ("synthetic", "imagefolder"):

@@ -1,7 +1,9 @@
 """Self-supervised LaSt-ViT: DINO training (Caron et al., 2021) with any readout (LazyStrike, CLS, ...).
 
-``build(cfg) -> (DINOModule, DINODataModule)`` and ``fit(cfg) -> {"model", "metrics", "out_dir"}``; the exported
-model is the *teacher* backbone (a head-less :class:`~lastvit.models.LastViT`). See ``docs/dino.md``.
+The task module of :func:`lastvit.train.fit`: :data:`DEFAULTS`, ``resolve_config``, ``build(cfg) -> (DINOModule,
+DINODataModule)`` and ``export`` (``model.pt``: the *teacher* backbone, a head-less :class:`~lastvit.models.LastViT`
+in lastvit's format; ``dino_checkpoint.pth``: student, teacher and centre in the official layout). See
+``docs/dino.md``.
 
 The recipe, as in the paper and the public facebookresearch/dino repository:
 
@@ -21,8 +23,6 @@ The recipe, as in the paper and the public facebookresearch/dino repository:
 from __future__ import annotations
 
 import copy
-import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,35 +31,32 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lastvit.data.multicrop import AUG_DEFAULTS, BatchMultiCrop, MultiCropTransform, collate_crops
 from lastvit.factory import create_model
-from lastvit.io import atomic_save, atomic_write
+from lastvit.io import atomic_save
 from lastvit.models.dino import (
     DINOHead,
     DINOLoss,
     MultiCropWrapper,
     build_local_aggregator,
-    clip_gradients,
-    cosine_schedule,
     dino_state_dict,
     ema_update,
 )
 from lastvit.models.vit import LastViT
-from lastvit.train.config import DEFAULTS as SHARED_DEFAULTS
-from lastvit.train.config import per_device_batch
+from lastvit.train.config import TRAINER_DEFAULTS, ConfigError, merge, per_device_batch
+from lastvit.train.data import StepSampler, _ResumableLoader
+from lastvit.train.optim import clip_gradients, cosine_schedule
 
 __all__ = [
     "DEFAULTS",
-    "BatchMultiCrop",
-    "MultiCropTransform",
     "DINOModule",
     "DINODataModule",
     "resolve_config",
     "build",
-    "fit",
+    "export",
     "export_dino_checkpoint",
     "evaluate_backbone",
 ]
@@ -101,9 +98,11 @@ DEFAULTS: dict[str, Any] = {
         "n_local": 6,
         "global_scale": [0.4, 1.0],
         "local_scale": [0.05, 0.4],
+        **copy.deepcopy(AUG_DEFAULTS),  # flip, colour jitter, greyscale, blur, solarise, keep_object (official)
     },
     "optim": {
-        "lr": 0.0005,  # at batch 256; scaled linearly with data.global_batch
+        "lr": 0.0005,  # at batch 256: the peak is lr * data.global_batch / 256 (lr_scaling: linear)
+        "lr_scaling": "linear",  # linear: lr * global_batch / 256 (DINO's rule); none: lr as given
         "min_lr": 1.0e-6,
         "warmup_epochs": 1,
         "weight_decay": 0.04,
@@ -129,242 +128,73 @@ DEFAULTS: dict[str, Any] = {
         "linear_wd": 1.0e-4,
         "batch_size": 128,
     },
-    "trainer": {**copy.deepcopy(SHARED_DEFAULTS["trainer"]), "max_epochs": 10},
+    "trainer": {**copy.deepcopy(TRAINER_DEFAULTS), "max_epochs": 10},
 }
 
 
-_LEAF_DICTS = ("aggregator_kwargs", "local_aggregator_kwargs", "synthetic", "arch")  # replaced whole, not merged
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if k not in base:
-            known = ", ".join(sorted(base))
-            raise ValueError(f"dino config: unknown key {path}{k!r} (known at this level: {known})")
-        if isinstance(base[k], dict) and base[k] and isinstance(v, dict) and k not in _LEAF_DICTS:
-            out[k] = _merge(base[k], v, f"{path}{k}.")
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def resolve_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """The full DINO recipe: ``cfg`` deep-merged onto :data:`DEFAULTS`; unknown keys are an error."""
+def resolve_config(cfg: dict[str, Any] | None, src: str = "dino config") -> dict[str, Any]:
+    """The full DINO recipe: ``cfg`` deep-merged onto :data:`DEFAULTS`; unknown keys are a :class:`ConfigError`."""
     cfg = dict(cfg or {})
     if cfg.get("task", "dino") != "dino":
-        raise ValueError(f"dino config: task must be 'dino', got {cfg.get('task')!r}")
-    out = _merge(DEFAULTS, cfg)
+        raise ConfigError(f"{src}: task must be 'dino', got {cfg.get('task')!r}")
+    out = merge(DEFAULTS, cfg, "", src)
     cr, d = out["crops"], out["dino"]
     if cr["n_local"] < 0:
-        raise ValueError(f"dino config: crops.n_local must be >= 0, got {cr['n_local']}")
+        raise ConfigError(f"{src}: crops.n_local must be >= 0, got {cr['n_local']}")
     for key in ("global_scale", "local_scale"):
         lo, hi = cr[key]
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"dino config: crops.{key} must satisfy 0 < lo <= hi <= 1, got {cr[key]}")
+            raise ConfigError(f"{src}: crops.{key} must satisfy 0 < lo <= hi <= 1, got {cr[key]}")
+    try:
+        BatchMultiCrop(**{k: cr[k] for k in AUG_DEFAULTS})
+    except ValueError as e:
+        raise ConfigError(f"{src}: crops: {e}") from None
+    if cr["keep_object"] and out["data"]["kind"] != "synthetic":
+        raise ConfigError(f"{src}: crops.keep_object needs object boxes (data.kind synthetic)")
+    if out["optim"]["lr_scaling"] not in ("linear", "none"):
+        raise ConfigError(f"{src}: optim.lr_scaling must be 'linear' or 'none', got {out['optim']['lr_scaling']!r}")
     t = out["trainer"]
     if not t["max_epochs"] or int(t["max_epochs"]) < 1:
-        raise ValueError(f"dino config: trainer.max_epochs must be >= 1, got {t['max_epochs']}")
+        raise ConfigError(f"{src}: trainer.max_epochs must be >= 1, got {t['max_epochs']}")
     if int(t["accumulate"]) != 1:
-        raise ValueError("dino config: trainer.accumulate must be 1 (DINO steps the teacher after every update)")
-    per_device_batch(out, "dino config")
+        raise ConfigError(f"{src}: trainer.accumulate must be 1 (DINO steps the teacher after every update)")
+    per_device_batch(out, src)
     if d["out_dim"] < 1:
-        raise ValueError(f"dino config: dino.out_dim must be >= 1, got {d['out_dim']}")
+        raise ConfigError(f"{src}: dino.out_dim must be >= 1, got {d['out_dim']}")
     return out
 
 
-# ----------------------------------------------------------------------------------------- augmentation
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601-2 luma, (B, 1, H, W), as torchvision's rgb_to_grayscale."""
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-
-
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
-
-
-def _bern(n: int, p: float, g: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, generator=g) < p
-
-
-def _hue_rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate the chroma of RGB images by ``shift`` turns (YIQ rotation; a close, batched stand-in for HSV hue)."""
-    rgb2yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    yiq2rgb = torch.linalg.inv(rgb2yiq)
-    y = torch.einsum("ij,bjhw->bihw", rgb2yiq, x)
-    a = 2 * math.pi * shift.to(x)
-    c, s = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
-    i, q = y[:, 1], y[:, 2]
-    y = torch.stack([y[:, 0], c * i - s * q, s * i + c * q], dim=1)
-    return torch.einsum("ij,bjhw->bihw", yiq2rgb, y)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample separable Gaussian blur (reflect padding), sigma in pixels, shape (B,)."""
-    b, c, h, w = x.shape
-    radius = int(min(math.ceil(3 * float(sigma.max())), (min(h, w) - 1) // 2))
-    if radius < 1:
-        return x
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma.to(x)[:, None] ** 2))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, 2r+1)
-    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k[:, None, :, None], groups=b * c)
-    y = F.conv2d(y, k[:, None, None, :], groups=b * c)
-    return y.reshape(b, c, h, w)
-
-
-class BatchMultiCrop:
-    """DINO's multi-crop augmentation on a batch of un-normalised images ``(B, 3, H, W)`` in [0, 1].
-
-    Returns ``[global_1, global_2, local_1, ...]``, each ``(B, 3, size, size)`` normalised with ``mean``/``std``.
-    Random-resized crops (area fraction ``scale``, aspect ratio in [3/4, 4/3], box clipped to the image) and flips
-    are one bilinear ``grid_sample``; jitter, grayscale, blur and solarisation are per-sample tensor ops. Blur
-    sigmas are DINO's (0.1 - 2.0 px at 224 px) scaled by ``size / 224``.
-    """
-
-    def __init__(
-        self,
-        global_size: int = 64,
-        local_size: int = 32,
-        n_local: int = 6,
-        global_scale: Sequence[float] = (0.4, 1.0),
-        local_scale: Sequence[float] = (0.05, 0.4),
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        self.global_size, self.local_size, self.n_local = int(global_size), int(local_size), int(n_local)
-        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-
-    @property
-    def ncrops(self) -> int:
-        return 2 + self.n_local
-
-    def resized_crop(
-        self, x: torch.Tensor, size: int, scale: Sequence[float], g: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Random-resized crop + horizontal flip (p 0.5) of every image, output ``(B, 3, size, size)``."""
-        b, _, h, w = x.shape
-        area = _uniform(b, scale[0], scale[1], g)
-        logr = _uniform(b, math.log(3 / 4), math.log(4 / 3), g)
-        ratio = torch.exp(logr) * h / w  # aspect ratio in pixels -> in relative units
-        cw = torch.sqrt(area * ratio).clamp(max=1.0)
-        ch = torch.sqrt(area / ratio).clamp(max=1.0)
-        cx = (1 - cw) * torch.rand(b, generator=g) + cw / 2
-        cy = (1 - ch) * torch.rand(b, generator=g) + ch / 2
-        flip = torch.where(_bern(b, 0.5, g), -1.0, 1.0)
-        theta = torch.zeros(b, 2, 3)
-        theta[:, 0, 0] = cw * flip
-        theta[:, 0, 2] = 2 * cx - 1
-        theta[:, 1, 1] = ch
-        theta[:, 1, 2] = 2 * cy - 1
-        grid = F.affine_grid(theta.to(x), [b, 3, size, size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-    def photometric(
-        self, x: torch.Tensor, blur_p: float, solarize_p: float, g: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Colour jitter (p 0.8), grayscale (p 0.2), blur (``blur_p``), solarise (``solarize_p``), normalise."""
-        b = x.shape[0]
-        jit = _bern(b, 0.8, g)[:, None, None, None]
-        y = (x * _uniform(b, 0.6, 1.4, g)[:, None, None, None]).clamp(0, 1)  # brightness
-        m = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
-        y = ((y - m) * _uniform(b, 0.6, 1.4, g)[:, None, None, None] + m).clamp(0, 1)  # contrast
-        gr = _gray(y)
-        y = ((y - gr) * _uniform(b, 0.8, 1.2, g)[:, None, None, None] + gr).clamp(0, 1)  # saturation
-        y = _hue_rotate(y, _uniform(b, -0.1, 0.1, g)).clamp(0, 1)  # hue
-        x = torch.where(jit, y, x)
-        x = torch.where(_bern(b, 0.2, g)[:, None, None, None], _gray(x).expand_as(x), x)
-        sigma = _uniform(b, 0.1, 2.0, g) * x.shape[-1] / 224
-        blurred = _gaussian_blur(x, sigma)
-        x = torch.where(_bern(b, blur_p, g)[:, None, None, None], blurred, x)
-        if solarize_p > 0:
-            x = torch.where(_bern(b, solarize_p, g)[:, None, None, None], torch.where(x >= 0.5, 1 - x, x), x)
-        return (x - self.mean.to(x)) / self.std.to(x)
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"BatchMultiCrop expects images (B, 3, H, W), got {tuple(images.shape)}")
-        x = images.float()
-        g = generator
-        crops = [
-            self.photometric(self.resized_crop(x, self.global_size, self.global_scale, g), 1.0, 0.0, g),
-            self.photometric(self.resized_crop(x, self.global_size, self.global_scale, g), 0.1, 0.2, g),
-        ]
-        for _ in range(self.n_local):
-            crops.append(self.photometric(self.resized_crop(x, self.local_size, self.local_scale, g), 0.5, 0.0, g))
-        return crops
-
-
-class MultiCropTransform:
-    """DINO's multi-crop as torchvision transforms on one PIL image (for image folders): a list of tensors."""
-
-    def __init__(
-        self,
-        global_size: int = 224,
-        local_size: int = 96,
-        n_local: int = 10,
-        global_scale: Sequence[float] = (0.4, 1.0),
-        local_scale: Sequence[float] = (0.05, 0.4),
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        from torchvision import transforms as T
-
-        flip_jitter = T.Compose([
-            T.RandomHorizontalFlip(p=0.5),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-        ])
-        norm = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-        bicubic = T.InterpolationMode.BICUBIC
-
-        def blur(p: float) -> T.RandomApply:
-            return T.RandomApply([T.GaussianBlur(kernel_size=23, sigma=(0.1, 2.0))], p=p)
-
-        self.global1 = T.Compose([T.RandomResizedCrop(global_size, scale=tuple(global_scale),
-                                                      interpolation=bicubic), flip_jitter, blur(1.0), norm])
-        self.global2 = T.Compose([T.RandomResizedCrop(global_size, scale=tuple(global_scale),
-                                                      interpolation=bicubic), flip_jitter, blur(0.1),
-                                  T.RandomSolarize(128, p=0.2), norm])
-        self.local = T.Compose([T.RandomResizedCrop(local_size, scale=tuple(local_scale), interpolation=bicubic),
-                                flip_jitter, blur(0.5), norm])
-        self.n_local = int(n_local)
-
-    def __call__(self, image: Any) -> list[torch.Tensor]:
-        image = image.convert("RGB")
-        return [self.global1(image), self.global2(image)] + [self.local(image) for _ in range(self.n_local)]
-
-
-def _collate_crops(samples: list[tuple[list[torch.Tensor], int]]) -> dict[str, Any]:
-    n = len(samples[0][0])
-    crops = [torch.stack([s[0][i] for s in samples]) for i in range(n)]
-    return {"crops": crops, "label": torch.tensor([int(s[1]) for s in samples])}
-
-
 # ----------------------------------------------------------------------------------------- data
-def _render(dataset: Any, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of a synthetic split rendered once (uint8, (N, 3, H, W)) with its labels."""
-    images, labels = [], []
+def _render(dataset: Any, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every image of a synthetic split rendered once (uint8, (N, 3, H, W)) with its labels and object boxes."""
+    images, labels, boxes = [], [], []
     for s in range(0, len(dataset), chunk):
         g = dataset.generate_batch(list(range(s, min(s + chunk, len(dataset)))))
         images.append((g["images"].clamp(0, 1) * 255).round().to(torch.uint8))
         labels.append(torch.as_tensor(g["labels"], dtype=torch.long))
-    return torch.cat(images), torch.cat(labels)
+        boxes.append(torch.as_tensor(g["boxes"], dtype=torch.float32).reshape(-1, 4))
+    return torch.cat(images), torch.cat(labels), torch.cat(boxes)
 
 
-class _CachedCropBatches:
-    """collate_fn: a list of indices -> a multi-crop batch of the cached (uint8) images."""
+class _CachedCropBatches(torch.utils.data.Dataset):
+    """Multi-crop batches of the cached (uint8) images, read by ``(indices, epoch)`` keys of a
+    :class:`~lastvit.train.data.StepSampler`. Each batch draws its augmentation from a generator seeded by
+    ``(seed, epoch, indices)``, so a resumed run sees exactly the crops an uninterrupted one would."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug: BatchMultiCrop) -> None:
-        self.images, self.labels, self.aug = images, labels, aug
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, aug: BatchMultiCrop,
+                 seed: int) -> None:
+        self.images, self.labels, self.boxes, self.aug, self.seed = images, labels, boxes, aug, int(seed)
 
-    def __call__(self, indices: list[int]) -> dict[str, Any]:
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[list[int], int]) -> dict[str, Any]:
+        indices, epoch = key
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {"crops": self.aug(self.images[idx].float() / 255.0), "label": self.labels[idx]}
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + int(epoch) * 7_919 + int(idx[0]) * 104_729 + len(idx)) % (2**63 - 1))
+        return {"crops": self.aug(self.images[idx].float() / 255.0, g, boxes=self.boxes[idx]),
+                "label": self.labels[idx]}
 
 
 def _plain_batches(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -412,35 +242,44 @@ class DINODataModule(L.LightningDataModule):
         d, cr = self.cfg["data"], self.cfg["crops"]
         if d["kind"] == "synthetic":
             self._train = self._synthetic("train", int(d["train_size"]))
-            self._images, self._labels = _render(self._train)
+            self._images, self._labels, self._boxes = _render(self._train)
             self.mean = tuple(getattr(self._train, "mean", IMAGENET_MEAN))
             self.std = tuple(getattr(self._train, "std", IMAGENET_STD))
         elif d["kind"] == "imagefolder":
             from torchvision.datasets import ImageFolder
 
             self._train = ImageFolder(str(self._root() / "train"), transform=MultiCropTransform(
-                cr["global_size"], cr["local_size"], cr["n_local"], cr["global_scale"], cr["local_scale"]))
+                cr["global_size"], cr["local_size"], cr["n_local"], cr["global_scale"], cr["local_scale"],
+                **{k: cr[k] for k in AUG_DEFAULTS}))
         else:
             raise ValueError(f"dino config: data.kind must be 'synthetic' or 'imagefolder', got {d['kind']!r}")
 
     def augment(self) -> BatchMultiCrop:
         cr = self.cfg["crops"]
         return BatchMultiCrop(cr["global_size"], cr["local_size"], cr["n_local"], cr["global_scale"],
-                              cr["local_scale"], mean=self.mean, std=self.std)
+                              cr["local_scale"], mean=self.mean, std=self.std, **{k: cr[k] for k in AUG_DEFAULTS})
 
     def train_dataloader(self) -> DataLoader:
+        """Seeded, rank-aware, resumable batches (:class:`~lastvit.train.data.StepSampler`)."""
         self.setup()
         nw = int(self.cfg["data"]["num_workers"])
-        if self.cfg["data"]["kind"] == "synthetic":
-            n = len(self._train)
-            if n < self.batch_size:
-                raise ValueError(f"dino config: data.train_size ({n}) is smaller than the per-device batch "
-                                 f"({self.batch_size})")
-            return DataLoader(range(n), batch_size=self.batch_size, shuffle=True, drop_last=True,
-                              num_workers=nw, collate_fn=_CachedCropBatches(self._images, self._labels,
-                                                                            self.augment()))
-        return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=nw,
-                          collate_fn=_collate_crops, pin_memory=torch.cuda.is_available())
+        t = self.trainer
+        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
+        n = len(self._train)
+        if n < self.batch_size * world:
+            raise ValueError(f"dino config: data.train_size ({n}) is smaller than one global batch "
+                             f"({world} x {self.batch_size})")
+        synthetic = self.cfg["data"]["kind"] == "synthetic"
+        seed = int(self.cfg["trainer"]["seed"])
+        sampler = StepSampler(n, self.batch_size, train=True, rank=rank, world=world, seed=seed, keys=synthetic)
+        if t is not None:
+            loop = t.fit_loop.epoch_loop
+            sampler.progress_fn = lambda: loop.batch_progress.current.processed
+        if synthetic:
+            view = _CachedCropBatches(self._images, self._labels, self._boxes, self.augment(), seed)
+            return _ResumableLoader(view, batch_size=None, sampler=sampler, num_workers=nw, step_sampler=sampler)
+        return _ResumableLoader(self._train, batch_sampler=sampler, num_workers=nw, collate_fn=collate_crops,
+                                pin_memory=torch.cuda.is_available(), step_sampler=sampler)
 
     def eval_loaders(self) -> tuple[Any, Any]:
         """Un-augmented (train, val) batches ``(images, labels)`` for kNN / linear probing."""
@@ -448,7 +287,7 @@ class DINODataModule(L.LightningDataModule):
         nw = int(d["num_workers"])
         if d["kind"] == "synthetic":
             self.setup()
-            vi, vl = _render(self._synthetic("val", int(d["val_size"])))
+            vi, vl, _ = _render(self._synthetic("val", int(d["val_size"])))
             return (_plain_batches(self._images, self._labels, self.mean, self.std, bs),
                     _plain_batches(vi, vl, self.mean, self.std, bs))
         from torchvision import transforms as T
@@ -521,10 +360,10 @@ class DINOModule(L.LightningModule):
         return torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=0.0)
 
     def make_schedules(self, iters_per_epoch: int) -> dict[str, np.ndarray]:
-        """Per-iteration lr (peak ``optim.lr * data.global_batch / 256``), weight decay and teacher momentum
-        over ``trainer.max_epochs`` epochs of ``iters_per_epoch`` iterations."""
+        """Per-iteration lr (peak ``optim.lr * data.global_batch / 256``; ``optim.lr_scaling: none``: ``optim.lr``),
+        weight decay and teacher momentum over ``trainer.max_epochs`` epochs of ``iters_per_epoch`` iterations."""
         o, d = self.cfg["optim"], self.cfg["dino"]
-        bs = int(self.cfg["data"]["global_batch"])
+        bs = int(self.cfg["data"]["global_batch"]) if o.get("lr_scaling", "linear") == "linear" else 256
         ep, n = int(self.cfg["trainer"]["max_epochs"]), max(int(iters_per_epoch), 1)
         self.schedules = {
             "lr": cosine_schedule(o["lr"] * bs / 256.0, o["min_lr"], ep, n, warmup_epochs=o["warmup_epochs"]),
@@ -591,7 +430,7 @@ class DINOModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         epoch = int(self.current_epoch)
-        it = epoch * self._iters_per_epoch + batch_idx
+        it = int(self.global_step)  # = epoch * iters_per_epoch + batch_idx, also after a mid-epoch resume
         logs = self.train_step(batch["crops"], epoch, it, self.optimizers(), self.manual_backward)
         self._sum += logs["loss"]
         self._count += 1
@@ -609,18 +448,40 @@ class DINOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dino_epoch_losses"] = list(self.epoch_losses)
+        checkpoint["dino_epoch_sum"] = [float(self._sum), int(self._count)]  # the epoch in progress
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.epoch_losses = list(checkpoint.get("dino_epoch_losses", []))
+        self._sum, self._count = checkpoint.get("dino_epoch_sum", [0.0, 0])
+        self._sum, self._count = float(self._sum), int(self._count)
+
+    @property
+    def model(self) -> LastViT:
+        """The network a run exports (``model.pt``): the teacher backbone."""
+        return self.teacher.backbone
+
+    def summary(self) -> dict[str, Any]:
+        """Final metrics: epochs, iterations, per-epoch loss and, with ``eval.enabled``, the teacher's kNN / linear
+        probes (rank 0)."""
+        trainer = self._trainer
+        epochs = int(trainer.current_epoch) if trainer is not None else len(self.epoch_losses)
+        out: dict[str, Any] = {"task": "dino", "epochs": epochs, "iterations": int(self.global_step),
+                               "epoch_loss": list(self.epoch_losses)}
+        out["final_loss"] = out["epoch_loss"][-1] if out["epoch_loss"] else None
+        dm = trainer.datamodule if trainer is not None else None
+        if self.cfg["eval"]["enabled"] and dm is not None and trainer.is_global_zero:
+            dm.setup()
+            tr, va = dm.eval_loaders()
+            out["eval"] = evaluate_backbone(self.teacher_backbone.eval(), tr, va, self.cfg, device=self.device)
+            out["knn_top1"] = out["eval"]["knn_top1"]
+            if "linear_top1" in out["eval"]:
+                out["linear_top1"] = out["eval"]["linear_top1"]
+        return out
 
 
 # ----------------------------------------------------------------------------------------- files
 def _atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_save(obj, path, torch.save)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def export_dino_checkpoint(module: DINOModule, path: str | os.PathLike, epoch: int | None = None) -> Path:
@@ -687,61 +548,26 @@ def build(cfg: dict[str, Any]) -> tuple[DINOModule, DINODataModule]:
     return DINOModule(cfg), DINODataModule(cfg)
 
 
+def export(module: DINOModule, out_dir: str | os.PathLike, extra: dict[str, Any]) -> dict[str, str]:
+    """``model.pt`` (the teacher backbone, lastvit format) and ``dino_checkpoint.pth`` (official layout); rank 0."""
+    out = Path(out_dir)
+    epochs = int(module._trainer.current_epoch) if module._trainer is not None else None
+    export_dino_checkpoint(module, out / "dino_checkpoint.pth", epoch=epochs)
+    save_teacher(module, out / "model.pt", extra={**extra, "epochs": epochs})
+    return {"model": "model.pt", "dino_checkpoint": "dino_checkpoint.pth", "lightning": "checkpoints/last.ckpt"}
+
+
 def fit(cfg: dict[str, Any], out_dir: str | os.PathLike | None = None, resume: str | None = None,
         evaluate: bool = True) -> dict[str, Any]:
-    """Train DINO, export the teacher, probe it; ``{"model": teacher backbone, "metrics": {...}, "out_dir": Path}``.
+    """Deprecated: ``lastvit.train.fit(cfg)`` (this thin wrapper goes once every caller has switched)."""
+    from lastvit.train.runner import fit as run
 
-    Writes into ``out_dir`` (default ``cfg["out_dir"]``): ``checkpoints/last.ckpt`` (Lightning, for ``resume``),
-    ``teacher.pth`` (lastvit format), ``dino_checkpoint.pth`` (official DINO layout) and ``metrics.json``.
-    """
-    cfg = resolve_config(cfg)
-    out = Path(out_dir or cfg["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    t = cfg["trainer"]
-    L.seed_everything(int(t["seed"]), workers=True, verbose=False)
-    module, data = build(cfg)
-    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0,
-                                                  every_n_train_steps=int(t["ckpt_every"] or 0) or None)
-    last = out / "checkpoints" / "last.ckpt"
-    if resume is None:
-        r = t["resume"]
-        resume = (str(last) if last.exists() else None) if r in (True, "auto") else (r or None)
-    if resume is not None and not Path(resume).is_file():
-        raise FileNotFoundError(f"{resume}: no checkpoint to resume from")
-    trainer = L.Trainer(
-        max_epochs=int(t["max_epochs"]), max_steps=int(t["max_steps"] if t["max_steps"] is not None else -1),
-        accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t["num_nodes"]), strategy=t["strategy"],
-        precision=t["precision"], log_every_n_steps=int(t["log_every"]), enable_progress_bar=bool(t["progress_bar"]),
-        enable_model_summary=bool(t["model_summary"]), deterministic=bool(t["deterministic"]),
-        default_root_dir=str(out), callbacks=[ckpt_cb], logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
-    )
-    trainer.fit(module, datamodule=data, ckpt_path=resume)
-    module = module.cpu()
-    teacher = module.teacher_backbone.eval()
-    epochs_done = int(trainer.current_epoch)
-    metrics: dict[str, Any] = {
-        "task": "dino",
-        "config": cfg,
-        "epochs": epochs_done,
-        "iterations": int(trainer.global_step),
-        "epoch_loss": list(module.epoch_losses),
-    }
-    metrics["final_loss"] = metrics["epoch_loss"][-1] if metrics["epoch_loss"] else None
-    if not trainer.is_global_zero:
-        return {"model": teacher, "metrics": metrics, "out_dir": out}
-    export_dino_checkpoint(module, out / "dino_checkpoint.pth", epoch=epochs_done)
-    metrics["files"] = {"dino_checkpoint": "dino_checkpoint.pth", "lightning": "checkpoints/last.ckpt"}
-    try:
-        save_teacher(module, out / "teacher.pth", extra={"epochs": epochs_done})
-        metrics["files"]["teacher"] = "teacher.pth"
-    except ImportError:
-        metrics["notes"] = ["lastvit.checkpoints is not available: teacher.pth not written"]
-    if evaluate and cfg["eval"]["enabled"]:
-        data.setup()
-        tr, va = data.eval_loaders()
-        metrics["eval"] = evaluate_backbone(teacher, tr, va, cfg)
-        metrics["knn_top1"] = metrics["eval"]["knn_top1"]
-        if "linear_top1" in metrics["eval"]:
-            metrics["linear_top1"] = metrics["eval"]["linear_top1"]
-    _atomic_json(metrics, out / "metrics.json")
-    return {"model": teacher, "metrics": metrics, "out_dir": out}
+    cfg = copy.deepcopy(dict(cfg))
+    cfg["task"] = "dino"
+    if out_dir is not None:
+        cfg["out_dir"] = str(out_dir)
+    if resume is not None:
+        cfg.setdefault("trainer", {})["resume"] = resume
+    if not evaluate:
+        cfg.setdefault("eval", {})["enabled"] = False
+    return run(cfg)

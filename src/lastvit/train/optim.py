@@ -9,10 +9,12 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["lr_factor", "param_groups", "build_optimizer", "build_scheduler", "NO_DECAY_NAMES"]
+__all__ = ["lr_factor", "param_groups", "build_optimizer", "build_scheduler", "NO_DECAY_NAMES", "cosine_schedule",
+           "clip_gradients"]
 
 # Parameters never decayed besides every 1-D tensor (norm weights/biases, linear biases, LayerScale gammas).
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token")
@@ -75,3 +77,39 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
     wf, wfac, mf = float(optim_cfg["warmup_frac"]), float(optim_cfg["warmup_factor"]), float(optim_cfg["min_lr_factor"])
     total = max(int(total_steps), 1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, wf, wfac, mf))
+
+
+# DINO's own schedule and clipping (facebookresearch/dino utils.cosine_scheduler, utils.clip_gradients): DINO keeps
+# them rather than the release's lr_factor, on purpose (per-iteration cosine with an epoch warm-up; per-parameter
+# clipping). The teacher temperature schedule stays beside DINOLoss (lastvit.models.dino), which evaluates it.
+def cosine_schedule(
+    base: float,
+    final: float,
+    epochs: int,
+    iters_per_epoch: int,
+    warmup_epochs: float = 0,
+    start_warmup: float = 0.0,
+) -> np.ndarray:
+    """DINO's per-iteration schedule: linear ``start_warmup -> base`` over the warm-up iterations, then a
+    half-cosine ``base -> final`` over the rest; length ``epochs * iters_per_epoch``."""
+    total = int(epochs * iters_per_epoch)
+    nwarm = min(int(round(warmup_epochs * iters_per_epoch)), total)
+    warm = np.linspace(start_warmup, base, nwarm) if nwarm > 0 else np.zeros(0)
+    it = np.arange(total - nwarm)
+    n = max(len(it), 1)
+    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * it / n))
+    return np.concatenate([warm, cos])
+
+
+def clip_gradients(model: nn.Module, clip: float) -> list[float]:
+    """DINO's per-parameter clipping: each gradient with norm above ``clip`` is rescaled to ``clip``."""
+    norms = []
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        n = p.grad.detach().norm(2)
+        norms.append(float(n))
+        coef = clip / (n + 1e-6)
+        if coef < 1:
+            p.grad.mul_(coef)
+    return norms

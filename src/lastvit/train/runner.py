@@ -1,39 +1,59 @@
-"""``fit(cfg)``: one code path from a laptop CPU to a multi-node GPU cluster (Lightning DDP).
+"""``fit(cfg)``: the one training entry point, for every task, from a laptop CPU to a multi-node GPU cluster.
 
-Outputs in ``out_dir``: ``model.pt`` (lastvit format, final weights), ``model_best.pt`` (best val top-1),
-``metrics.json`` (final val metrics + the exact config), ``checkpoints/last.ckpt`` (Lightning full state for
-``--resume``; written to a temporary name and renamed), ``logs/version_N/metrics.csv`` (+ TensorBoard when
-``tensorboard`` is importable).
+A task module (``lastvit.train.classify``, ``clip``, ``dino``) supplies only ``DEFAULTS`` (its schema),
+``resolve_config``, ``build(cfg) -> (LightningModule, LightningDataModule)`` and ``export(module, out_dir, extra)``;
+its LightningModule carries the trained network as ``.model`` and its final numbers as ``.summary()``. ``fit``
+resolves the recipe, seeds, resolves resume, builds the one ``Trainer`` (the atomic :class:`LastCheckpoint`, the
+:class:`BestExport`, the CSV/TensorBoard loggers), fits, and exports on rank 0.
+
+Outputs in ``out_dir``: ``model.pt`` (the trained network in lastvit's format: the classifier, the whole CLIP, the
+DINO teacher backbone; DINO adds ``dino_checkpoint.pth`` in the official layout), ``model_best.pt`` (best val
+top-1, label supervision), ``metrics.json`` (``{"task", "metrics", "config", "files"}``),
+``checkpoints/last.ckpt`` (Lightning full state for ``--resume``; written to a temporary name and renamed),
+``logs/version_N/metrics.csv`` (+ TensorBoard when ``tensorboard`` is importable). SIGTERM (as cluster schedulers
+send it) saves ``checkpoints/last.ckpt`` at the current step and raises :class:`lastvit.rundir.RunInterrupted`
+(exit status 143); the same command with ``--resume`` continues from there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
 import os
+import warnings
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lastvit.io import atomic_write
-from lastvit.train.config import ConfigError, resolve_config
+from lastvit.rundir import RunInterrupted
+from lastvit.train.config import ConfigError, load_config, resolve_config
 
-__all__ = ["fit", "build", "make_trainer", "LastCheckpoint", "BestExport", "resolve_resume"]
+__all__ = ["fit", "build", "make_trainer", "LastCheckpoint", "BestExport", "resolve_resume", "task_module",
+           "load_config", "resolve_config"]
+
+
+def task_module(task: str) -> ModuleType:
+    """``lastvit.train.<task>``: the module that supplies ``DEFAULTS``, ``build`` and ``export``."""
+    try:
+        return importlib.import_module(f"lastvit.train.{task}")
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"config: task {task!r} is not available (no module lastvit.train.{task}: {e})") from None
 
 
 def build(cfg: dict[str, Any]) -> tuple[L.LightningModule, L.LightningDataModule]:
     """Dispatch on ``cfg["task"]``: ``lastvit.train.<task>.build(cfg)``."""
-    task = cfg.get("task", "classify")
-    try:
-        mod = importlib.import_module(f"lastvit.train.{task}")
-    except ModuleNotFoundError as e:
-        raise ConfigError(f"config: task {task!r} is not available (no module lastvit.train.{task}: {e})") from None
-    return mod.build(cfg)
+    return task_module(cfg.get("task", "classify")).build(cfg)
 
 
-def _atomic_json(obj: Any, path: str) -> None:
+def _atomic_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, json.dumps(obj, indent=2, default=str))
 
 
@@ -55,7 +75,7 @@ class LastCheckpoint(Callback):
         if trainer.is_global_zero:
             os.makedirs(self.dirpath, exist_ok=True)
         trainer.strategy.barrier()
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state: optimiser, loops, callbacks
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier()
@@ -65,6 +85,13 @@ class LastCheckpoint(Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         if self.every > 0 and step > 0 and step % self.every == 0 and step != self._saved_at:
+            self.save(trainer)
+        if trainer.received_sigterm:  # Lightning's handler only notes it; stop after this step, not at epoch end
+            raise SIGTERMException()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """SIGTERM (Lightning raises ``SIGTERMException`` on every rank between steps): save the current step."""
+        if isinstance(exception, SIGTERMException) and trainer.global_step != self._saved_at:
             self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -137,7 +164,7 @@ def _loggers(out_dir: str) -> list[Any]:
 
 
 def make_trainer(cfg: dict[str, Any], callbacks: list[Callback] | None = None) -> L.Trainer:
-    """A ``lightning.Trainer`` from the ``trainer`` section (plus the checkpoint/export callbacks)."""
+    """The ``lightning.Trainer`` of a resolved recipe's ``trainer`` section, with the checkpoint/export callbacks."""
     t, out = cfg["trainer"], cfg["out_dir"]
     cbs: list[Callback] = [LastCheckpoint(os.path.join(out, "checkpoints"), int(t.get("ckpt_every") or 0)),
                            BestExport(os.path.join(out, "model_best.pt"))]
@@ -174,33 +201,97 @@ def make_trainer(cfg: dict[str, Any], callbacks: list[Callback] | None = None) -
     )
 
 
+#: Lightning messages about choices the recipe made on purpose (num_workers=0 on the in-memory synthetic sets, the
+#: step-based schedule, the loggers' folder) or internals: not the user's to act on
+_QUIET = (r".*does not have many workers.*", r".*num_workers.*", r".*The number of training batches.*",
+          r".*weights_only.*", r".*Checkpoint directory .* exists.*", r".*predict_dataloader.*",
+          r".*`training_step` returned `None`.*", r".*LeafSpec.*")
+
+
+#: Lightning's info lines that are not the user's business (hardware banner, advertisements, defaults we set)
+_QUIET_LOG = ("GPU available", "TPU available", "HPU available", "Tip:", "litlogger", "weights_only",
+              "`Trainer.fit` stopped", "LOCAL_RANK:", "You are using a CUDA device")
+
+
+class _DropLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(q in msg for q in _QUIET_LOG)
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Lightning's banners and tips and the warnings above are hidden while training (the rest of its log, e.g.
+    the distributed set-up, stays); ``LASTVIT_DEBUG=1`` shows everything."""
+    if os.environ.get("LASTVIT_DEBUG"):
+        yield
+        return
+    flt = _DropLines()
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    handlers = [h for n in names for h in logging.getLogger(n).handlers]
+    with warnings.catch_warnings():
+        for msg in _QUIET:
+            warnings.filterwarnings("ignore", message=msg)
+        for h in handlers:
+            h.addFilter(flt)
+        try:
+            yield
+        finally:
+            for h in handlers:
+                h.removeFilter(flt)
+
+
+@contextlib.contextmanager
+def _safe_resume() -> Any:
+    """Resume loads the project's own checkpoints with ``weights_only=True`` and the checkpoint allow-list."""
+    from lastvit.checkpoints import allowed_globals
+
+    extra: list[Any] = list(allowed_globals())
+    with contextlib.suppress(ImportError):
+        from lightning.fabric.utilities.data import AttributeDict
+
+        extra.append(AttributeDict)
+    with torch.serialization.safe_globals(extra):
+        yield
+
+
 def fit(cfg: dict[str, Any], callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Train from a recipe dict (raw or resolved). Returns ``{"model": trained model in eval mode, "metrics":
-    final val metrics, "out_dir": str, "step": global step}``; ``task: clip|dino`` go to their modules' ``fit``."""
-    task = cfg.get("task", "classify")
-    if task != "classify":
-        mod = importlib.import_module(f"lastvit.train.{task}")
-        if hasattr(mod, "fit"):
-            return mod.fit(cfg)
+    """Train from a recipe dict (raw or resolved) of any task.
+
+    Returns ``{"model": the trained network (eval mode, CPU), "metrics": final metrics (``step`` included),
+    "out_dir": Path, "model_path": Path of model.pt, "step": global step}``. A SIGTERM saves
+    ``checkpoints/last.ckpt`` and raises :class:`lastvit.rundir.RunInterrupted` (exit status 143).
+    """
     cfg = resolve_config(cfg)
-    out_dir = str(cfg["out_dir"])
+    task = cfg["task"]
+    tm = task_module(task)
+    out_dir = Path(cfg["out_dir"])
     ckpt_path = resolve_resume(cfg)
     L.seed_everything(int(cfg["trainer"].get("seed", 0)), workers=True, verbose=False)
-    module, dm = build(cfg)
-    trainer = make_trainer(cfg, callbacks)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    step = int(trainer.global_step)
-    if getattr(module, "val_step", None) != step or not getattr(module, "val_metrics", None):
-        trainer.validate(module, datamodule=dm, verbose=False)
-    metrics = dict(getattr(module, "val_metrics", {}))
+    module, dm = tm.build(cfg)
+    with _quiet():
+        trainer = make_trainer(cfg, callbacks)
+        try:
+            with _safe_resume():
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
+        except SIGTERMException:
+            raise RunInterrupted() from None
+        step = int(trainer.global_step)
+        if hasattr(module, "val_metrics") and (getattr(module, "val_step", None) != step or not module.val_metrics):
+            trainer.validate(module, datamodule=dm, verbose=False)
+    metrics = dict(module.summary())
     metrics["step"] = step
+    model_path = out_dir / "model.pt"
     if trainer.is_global_zero:
-        _export(module, os.path.join(out_dir, "model.pt"), {"step": step, "metrics": metrics, "kind": "last",
-                                                              "task": task})
-        _atomic_json({"metrics": metrics, "config": cfg}, os.path.join(out_dir, "metrics.json"))
+        files = tm.export(module, out_dir, {"step": step, "metrics": _scalars(metrics), "kind": "last", "task": task})
+        _atomic_json({"task": task, "metrics": metrics, "config": cfg, "files": files}, out_dir / "metrics.json")
     trainer.strategy.barrier()
-    model = getattr(module, "model", module)
+    model = module.model
     model.eval()
     if torch.cuda.is_available():
         model.cpu()
-    return {"model": model, "metrics": metrics, "out_dir": out_dir, "step": step}
+    return {"model": model, "metrics": metrics, "out_dir": out_dir, "model_path": model_path, "step": step}
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
