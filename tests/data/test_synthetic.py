@@ -159,3 +159,22 @@ def test_chunked_rendering_is_identical(monkeypatch):
     assert torch.equal(ref["images"], got["images"]) and torch.equal(ref["masks"], got["masks"])
     assert all(torch.equal(a, b) for a, b in zip(ref["all_boxes"], got["all_boxes"]))
     assert ref["captions"] == got["captions"]
+
+
+def test_all_instance_masks_exact_disjoint_and_match_boxes():
+    from lastvit.data.synthetic import SyntheticConfig, generate_batch
+
+    for cfg in (SyntheticConfig(num_classes=6, multi_object=2, clutter=6, pattern=0.6),
+                SyntheticConfig(num_classes=6)):
+        g = generate_batch(cfg, range(40), "train")
+        n_multi = 0
+        for b in range(40):
+            m = g["all_masks"][b]
+            assert m.dtype == torch.bool and m.shape == (len(g["all_boxes"][b]), 64, 64)
+            assert torch.equal(m[0], g["masks"][b])  # the labelled object first, identical to ``masks``
+            assert int(m.sum(0).max()) <= 1  # disjoint
+            n_multi += len(m) > 1
+            for mk, box in zip(m, g["all_boxes"][b]):
+                ys, xs = torch.nonzero(mk, as_tuple=True)
+                assert [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] == box.int().tolist()
+        assert (n_multi > 0) == (cfg.multi_object > 0)
