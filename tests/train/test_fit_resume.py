@@ -85,3 +85,58 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "none.yaml: no such recipe file" in capsys.readouterr().err
     assert main(["train", "--config", RECIPE, f"out_dir={tmp_path}", "--resume"]) == 2
     assert "last.ckpt: no checkpoint to resume from" in capsys.readouterr().err
+
+
+CLIP_RUN = {
+    "task": "clip",
+    "model": {"vision": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
+              "text": {"context_length": 12, "width": 32, "heads": 2, "layers": 1}, "embed_dim": 16,
+              "aggregator_kwargs": {"k": 2}},
+    "data": {"synthetic": {"image_size": 32, "num_classes": 4}, "train_size": 32, "val_size": 8, "global_batch": 8},
+    "optim": {"lr": 2e-3, "warmup_steps": 2},
+    "trainer": {"max_steps": 8, "ckpt_every": 3, "val_every": 4, "progress_bar": False, "log_every": 1},
+}
+DINO_RUN = {
+    "task": "dino",
+    "model": {"name": "vit_micro_patch8_64", "arch": {"depth": 1, "embed_dim": 48, "num_heads": 3},
+              "drop_path_rate": 0.1},  # drop-path draws: the saved random state must carry over
+    "dino": {"out_dim": 32, "hidden_dim": 64, "bottleneck_dim": 16},
+    "crops": {"n_local": 2},
+    "data": {"synthetic": {"num_classes": 2}, "train_size": 32, "val_size": 8, "global_batch": 8},
+    "eval": {"enabled": False},
+    "trainer": {"max_epochs": 2, "ckpt_every": 3, "progress_bar": False, "log_every": 1},
+}
+
+
+def _weights(path):
+    from lastvit.checkpoints import safe_torch_load
+
+    obj, _ = safe_torch_load(path)
+    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+
+
+@pytest.mark.parametrize("recipe", [CLIP_RUN, DINO_RUN], ids=["clip", "dino"])
+def test_every_task_resumes_to_the_uninterrupted_result(tmp_path, recipe):
+    """8 steps of 4 batches per epoch; the run is killed after step 5 (checkpoint at step 3, mid-epoch)."""
+    full = fit({**recipe, "out_dir": str(tmp_path / "full")})
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        fit({**recipe, "out_dir": str(tmp_path / "cut")}, callbacks=[_Crash(5)])
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    ck = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 3
+    cut_trainer = {**recipe["trainer"], "resume": "auto"}
+    resumed = fit({**recipe, "out_dir": str(tmp_path / "cut"), "trainer": cut_trainer})
+    assert resumed["step"] == full["step"] == 8
+    assert resumed["metrics"] == full["metrics"]
+    a, b = _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "cut" / "model.pt")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # training went on after the checkpoint (the equality above is not vacuous)
+    before = {k: v for k, v in ck["state_dict"].items()}
+    assert any(not torch.equal(v, before[n]) for n, v in _module_weights(tmp_path / "full").items() if n in before)
+
+
+def _module_weights(run):
+    ck = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ck["state_dict"]

@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -88,6 +89,19 @@ class LastCheckpoint(Callback):
             self.save(trainer)
         if trainer.received_sigterm:  # Lightning's handler only notes it; stop after this step, not at epoch end
             raise SIGTERMException()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random state at the save (dropout / drop-path draws), so a resumed run continues the same draws."""
+        state: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """SIGTERM (Lightning raises ``SIGTERMException`` on every rank between steps): save the current step."""
@@ -275,6 +289,10 @@ def fit(cfg: dict[str, Any], callbacks: list[Callback] | None = None) -> dict[st
             with _safe_resume():
                 trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
         except SIGTERMException:
+            last = out_dir / "checkpoints" / "last.ckpt"
+            if trainer.is_global_zero:
+                print(f"lastvit train: SIGTERM at step {int(trainer.global_step)}: saved {last}; the same command "
+                      "with --resume continues from there", file=sys.stderr, flush=True)
             raise RunInterrupted() from None
         step = int(trainer.global_step)
         if hasattr(module, "val_metrics") and (getattr(module, "val_step", None) != step or not module.val_metrics):
