@@ -140,3 +140,27 @@ def test_strict_report_names_file(tmp_path):
     with pytest.raises(ClipLoadError, match="not a lastvit CLIP"):
         torch.save({"a": torch.zeros(1)}, tmp_path / "junk.pt")
         load_clip(tmp_path / "junk.pt")
+
+
+def test_load_checkpoint_into_an_existing_clip(tmp_path, inputs):
+    ref = _open_clip(quick_gelu=False, seed=3)
+    path = tmp_path / "oc.pt"
+    torch.save(ref.state_dict(), path)
+    target = CLIP(dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+                  dict(context_length=CTX, vocab_size=49408, width=32, heads=2, layers=2), 16,
+                  aggregator="cls").eval()
+    rep = lastvit.load_checkpoint(target, path)
+    assert rep.ok and rep.format == "open_clip" and target.load_report is rep
+    assert "clip text tower" not in rep.skipped  # the text tower is loaded, not skipped
+    _compare(target, ref, inputs)
+    # lastvit's own CLIP file into a fresh CLIP of the same config
+    save_clip(target, tmp_path / "lv.pt")
+    fresh = CLIP.from_config(target.config()).eval()
+    assert lastvit.load_checkpoint(fresh, tmp_path / "lv.pt").ok
+    _compare(fresh, ref, inputs)
+    # a CLIP of another shape: one line naming the file and the keys
+    small = CLIP(dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2),
+                 dict(context_length=CTX, vocab_size=49408, width=32, heads=2, layers=2), 16)
+    with pytest.raises(ClipLoadError, match="oc.pt.*unexpected") as e:
+        lastvit.load_checkpoint(small, path)
+    assert "\n" not in str(e.value)
