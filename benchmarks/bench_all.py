@@ -30,7 +30,6 @@ import pstats
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
