@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import importlib.util
 import json
+import math
 import pathlib
 import warnings
 
@@ -202,3 +203,60 @@ def test_official_one_layer_dino_head_loads():
     head2.load_state_dict(old)
     with torch.no_grad():
         assert torch.allclose(head2(x), head(x))
+
+
+def _dino_interpolate(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """DINO's interpolate_pos_encoding, from its definition: bicubic with scale factor (h0 + 0.1) / sqrt(N)."""
+    cls, patch = pos[:, :1], pos[:, 1:]
+    n = int(math.isqrt(patch.shape[1]))
+    grid = patch.reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((h + 0.1) / n, (w + 0.1) / n), mode="bicubic")
+    assert grid.shape[-2:] == (h, w)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+
+def _resize(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """open_clip-based segmenters: bicubic resize of the grid to the new size."""
+    cls, patch = pos[:, :1], pos[:, 1:]
+    n = int(math.isqrt(patch.shape[1]))
+    grid = F.interpolate(patch.reshape(1, n, n, -1).permute(0, 3, 1, 2), size=(h, w), mode="bicubic",
+                         align_corners=False)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+
+def test_files_resample_their_familys_way_at_a_non_native_size(tmp_path):
+    """A DINO-layout and an open_clip file at 48 x 40 px (native 32 x 32, patch 8: grid 6 x 5) give the tokens of the
+    family's own formula."""
+    x = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    h, w = 6, 5
+    timm = B.timm_vit(seed=9)
+    torch.save({"teacher": {"backbone." + k: v for k, v in timm.state_dict().items()}, "epoch": 1},
+               tmp_path / "dino.pth")
+    with torch.no_grad():  # DINO's forward: conv patches, [cls], + interpolated pos, blocks, norm
+        t = F.conv2d(x, timm.patch_embed.proj.weight, timm.patch_embed.proj.bias, stride=8).flatten(2).transpose(1, 2)
+        t = torch.cat([timm.cls_token.expand(2, -1, -1), t], dim=1) + _dino_interpolate(timm.pos_embed, h, w)
+        for blk in timm.blocks:
+            t = blk(t)
+        want = timm.norm(t)
+        m = lastvit.create_model(checkpoint=str(tmp_path / "dino.pth"), num_heads=2).eval()
+        rec = m.forward_tokens(x)
+        assert rec.grid == (h, w)
+        assert torch.allclose(rec.patches, want[:, 1:], atol=1e-5)
+        assert torch.allclose(rec.prefix, want[:, :1], atol=1e-5)
+        # the timm family would differ: the default matters
+        m_timm = lastvit.create_model(checkpoint=str(tmp_path / "dino.pth"), num_heads=2, pos_interp="timm").eval()
+        assert (m_timm.forward_tokens(x).patches - want[:, 1:]).abs().max() > 1e-4
+
+    clip = B.open_clip_model(seed=6)
+    torch.save(clip.state_dict(), tmp_path / "oc.pt")
+    v = clip.visual
+    with torch.no_grad():  # open_clip's visual forward with the resized grid
+        t = F.conv2d(x, v.conv1.weight, stride=8).flatten(2).transpose(1, 2)
+        cls = v.class_embedding.reshape(1, 1, -1).expand(2, -1, -1)
+        t = torch.cat([cls, t], dim=1) + _resize(v.positional_embedding[None], h, w)
+        t = v.transformer(v.ln_pre(t))
+        want = v.ln_post(t)
+        m = lastvit.create_model(checkpoint=str(tmp_path / "oc.pt"), num_heads=2, visual_only=True).eval()
+        rec = m.forward_tokens(x)
+        assert torch.allclose(rec.patches, want[:, 1:], atol=1e-5)
+        assert torch.allclose(rec.prefix, want[:, :1], atol=1e-5)
