@@ -14,22 +14,19 @@ from lastvit.checkpoints.api import (
     load_checkpoint,
     read_checkpoint,
 )
+from lastvit.checkpoints.arch_from_weights import default_num_heads, infer_arch
 from lastvit.checkpoints.clip import ClipLoadError, clip_from_converted, load_clip, load_into_clip, save_clip
-from lastvit.checkpoints.core import (
+from lastvit.checkpoints.formats import FORMATS, detect_format
+from lastvit.checkpoints.options import POS_INTERP, LoadOptions, arch_config
+from lastvit.checkpoints.read import allowed_globals, load_raw, safe_torch_load
+from lastvit.checkpoints.records import (
     ArchitectureGuessWarning,
     CheckpointError,
     CheckpointNotFoundError,
     ConvertedCheckpoint,
     LoadReport,
-    allowed_globals,
-    atomic_torch_save,
-    load_raw,
-    safe_torch_load,
-    save_checkpoint,
 )
-from lastvit.checkpoints.formats import FORMATS, detect_format
-from lastvit.checkpoints.infer import default_num_heads, infer_arch
-from lastvit.checkpoints.options import POS_INTERP, LoadOptions, arch_config
+from lastvit.checkpoints.write import atomic_torch_save, save_checkpoint
 
 __all__ = [
     "FORMATS",

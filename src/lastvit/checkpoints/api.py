@@ -11,17 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from lastvit.checkpoints.core import (
+from lastvit.checkpoints.formats import convert
+from lastvit.checkpoints.options import LoadOptions, arch_config
+from lastvit.checkpoints.read import first_nonfinite, load_raw
+from lastvit.checkpoints.records import (
     ArchitectureGuessWarning,
     CheckpointError,
     ConvertedCheckpoint,
     LoadReport,
-    first_nonfinite,
-    load_raw,
     load_tensors,
 )
-from lastvit.checkpoints.formats import convert
-from lastvit.checkpoints.options import LoadOptions, arch_config
 
 __all__ = ["read_checkpoint", "load_checkpoint", "build_from_checkpoint", "build_from_converted", "apply_converted"]
 

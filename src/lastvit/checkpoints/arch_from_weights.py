@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from lastvit.checkpoints.core import CheckpointError
+from lastvit.checkpoints.records import CheckpointError
 from lastvit.models.vit import ARCH_DEFAULTS
 
 __all__ = ["infer_arch", "default_num_heads"]

@@ -14,14 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lastvit.checkpoints.core import (
-    CheckpointError,
-    ConvertedCheckpoint,
-    LoadReport,
-    load_raw,
-    load_tensors,
-    save_checkpoint,
-)
+from lastvit.checkpoints.formats import convert
+from lastvit.checkpoints.read import load_raw
+from lastvit.checkpoints.records import CheckpointError, ConvertedCheckpoint, LoadReport, load_tensors
+from lastvit.checkpoints.write import save_checkpoint
 from lastvit.models.clip import CLIP, TEXT_DEFAULTS
 
 __all__ = ["ClipLoadError", "clip_from_converted", "is_clip_model", "load_clip", "load_into_clip", "save_clip"]
@@ -156,8 +152,6 @@ def save_clip(model: CLIP, path: str | os.PathLike, extra: dict[str, Any] | None
 def load_clip(path: str | os.PathLike, strict: bool = True, *, allow_pickle: bool = False,
               **overrides: Any) -> CLIP:
     """Rebuild a CLIP written by :func:`save_clip` (``overrides``: e.g. ``aggregator=``)."""
-    from lastvit.checkpoints.formats import convert
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")

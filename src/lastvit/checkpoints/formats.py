@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from lastvit.checkpoints.core import CheckpointError, ConvertedCheckpoint
-from lastvit.checkpoints.infer import default_num_heads, infer_arch
+from lastvit.checkpoints.arch_from_weights import default_num_heads, infer_arch
+from lastvit.checkpoints.records import CheckpointError, ConvertedCheckpoint
 
 __all__ = ["FORMATS", "FORMAT_ALIASES", "detect_format", "convert", "normalise_format"]
 

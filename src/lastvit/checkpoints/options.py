@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from lastvit.checkpoints.core import CheckpointError
+from lastvit.checkpoints.records import CheckpointError
 from lastvit.models.vit import POS_INTERP
 
 __all__ = ["LoadOptions", "POS_INTERP", "arch_config"]
