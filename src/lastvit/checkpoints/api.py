@@ -66,17 +66,17 @@ def read_checkpoint(
     if n_np:
         notes.append(f"{n_np} numpy array(s) converted to tensors")
     try:
-        conv = convert(obj, p, format, dino_branch=dino_branch, quick_gelu=quick_gelu)
+        ckpt = convert(obj, p, format, dino_branch=dino_branch, quick_gelu=quick_gelu)
     except (KeyError, AttributeError, TypeError, IndexError, RuntimeError) as e:  # malformed entries
         raise CheckpointError(f"{p}: malformed checkpoint ({type(e).__name__}: {e})") from None
-    conv.notes[:0] = notes
-    bad = first_nonfinite(conv.state_dict) or first_nonfinite((conv.clip or {}).get("state_dict") or {})
+    ckpt.notes[:0] = notes
+    bad = first_nonfinite(ckpt.state_dict) or first_nonfinite((ckpt.clip or {}).get("state_dict") or {})
     if bad is not None:
         if not allow_nonfinite:
             raise CheckpointError(f"{p}: non-finite weights (NaN or Inf) in {bad}; refusing to load them "
                                   "(allow_nonfinite=True to load anyway)")
-        conv.notes.append(f"non-finite weights (NaN or Inf) loaded on request, first in {bad}")
-    return conv
+        ckpt.notes.append(f"non-finite weights (NaN or Inf) loaded on request, first in {bad}")
+    return ckpt
 
 
 def _numpy_to_torch(obj: Any, depth: int = 0) -> tuple[Any, int]:
@@ -105,15 +105,15 @@ def _resample_pos_embed(src: torch.Tensor, dst_shape: torch.Size, num_prefix: in
     return resample_abs_pos_embed(src, [gd, gd], [gs, gs], num_prefix_tokens=num_prefix)
 
 
-def apply_converted(model: nn.Module, conv: ConvertedCheckpoint, strict: bool = True) -> LoadReport:
+def apply_converted(model: nn.Module, ckpt: ConvertedCheckpoint, strict: bool = True) -> LoadReport:
     """Load converted tensors into ``model`` and report; under ``strict`` any mismatch raises ``CheckpointError``."""
-    report = LoadReport(path=conv.path, format=conv.format, skipped={g: list(k) for g, k in conv.skipped.items()},
-                        notes=list(conv.notes))
-    if conv.unsupported and strict:
-        raise CheckpointError(f"{conv.path}: {conv.unsupported[0]}")
-    report.notes.extend(conv.unsupported)
+    report = LoadReport(path=ckpt.path, format=ckpt.format, skipped={g: list(k) for g, k in ckpt.skipped.items()},
+                        notes=list(ckpt.notes))
+    if ckpt.unsupported and strict:
+        raise CheckpointError(f"{ckpt.path}: {ckpt.unsupported[0]}")
+    report.notes.extend(ckpt.unsupported)
     target = model.state_dict()
-    source = dict(conv.state_dict)
+    source = dict(ckpt.state_dict)
     # Parts the checkpoint has and the model does not: skipped, not errors.
     if not any(k.startswith("head.") for k in target):
         head = [k for k in source if k.startswith("head.")]
@@ -138,13 +138,13 @@ def apply_converted(model: nn.Module, conv: ConvertedCheckpoint, strict: bool = 
             report.notes.append(f"pos_embed resampled from {tuple(source[pk].shape)} to {tuple(target[pk].shape)} "
                                 "(bicubic) for the model's image size")
             source[pk] = new
-    load_tensors(model, source, report, strict=strict, unmapped=conv.unmapped)
+    load_tensors(model, source, report, strict=strict, unmapped=ckpt.unmapped)
     arch = getattr(model, "arch", None)
-    if isinstance(arch, dict) and conv.arch:
+    if isinstance(arch, dict) and ckpt.arch:
         for key in ("act", "norm_eps"):
-            if key in conv.arch and arch.get(key) != conv.arch.get(key):
+            if key in ckpt.arch and arch.get(key) != ckpt.arch.get(key):
                 report.notes.append(f"the model's {key}={arch.get(key)!r} differs from the checkpoint's "
-                                    f"{conv.arch.get(key)!r} (not stored in the weights; check it)")
+                                    f"{ckpt.arch.get(key)!r} (not stored in the weights; check it)")
     return report
 
 
@@ -158,12 +158,12 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, format: str = "au
     text tower, a head when the model has none) are skipped and reported.
     """
     o = LoadOptions.of(options, format=format, strict=strict, **opts)
-    conv = read_checkpoint(path, o.format, options=o)
+    ckpt = read_checkpoint(path, o.format, options=o)
     from lastvit.checkpoints.clip import is_clip_model, load_into_clip
 
     if is_clip_model(model):
-        return load_into_clip(model, conv, strict=o.strict)
-    return apply_converted(model, conv, strict=o.strict)
+        return load_into_clip(model, ckpt, strict=o.strict)
+    return apply_converted(model, ckpt, strict=o.strict)
 
 
 def _import_lastvit_class(qualname: str, path: str) -> type:
@@ -176,21 +176,21 @@ def _import_lastvit_class(qualname: str, path: str) -> type:
         raise CheckpointError(f"{path}: model class {qualname!r} is not available ({e})") from None
 
 
-def _build_lastvit_file(conv: ConvertedCheckpoint, o: LoadOptions, arch_overrides: dict[str, Any]) -> nn.Module:
+def _build_lastvit_file(ckpt: ConvertedCheckpoint, o: LoadOptions, arch_overrides: dict[str, Any]) -> nn.Module:
     from lastvit.checkpoints.clip import clip_from_converted
     from lastvit.models.vit import LastViT
 
-    cfg = dict(conv.config or {})
-    qual = conv.model_class or "lastvit.models.vit.LastViT"
+    cfg = dict(ckpt.config or {})
+    qual = ckpt.model_class or "lastvit.models.vit.LastViT"
     if cfg.get("model") == "clip":  # lastvit's CLIP rebuilds itself from its config
-        return clip_from_converted(conv, aggregator=o.aggregator, aggregator_kwargs=o.aggregator_kwargs,
+        return clip_from_converted(ckpt, aggregator=o.aggregator, aggregator_kwargs=o.aggregator_kwargs,
                                    strict=o.strict, quick_gelu=o.quick_gelu)
     if qual != "lastvit.models.vit.LastViT":
-        cls = _import_lastvit_class(qual, conv.path)
+        cls = _import_lastvit_class(qual, ckpt.path)
         model = cls.from_config(**cfg)
         if o.aggregator is not None and hasattr(model, "set_aggregator"):
             model.set_aggregator(o.aggregator, **(o.aggregator_kwargs or {}))
-        model.load_report = apply_converted(model, conv, strict=o.strict)
+        model.load_report = apply_converted(model, ckpt, strict=o.strict)
         return model
     cfg["arch"] = {**cfg.get("arch", {}), **arch_overrides}
     if o.quick_gelu is not None:
@@ -210,7 +210,7 @@ def _build_lastvit_file(conv: ConvertedCheckpoint, o: LoadOptions, arch_override
                     aggregator_kwargs=cfg.get("aggregator_kwargs") or {}, num_classes=cfg.get("num_classes", 0),
                     head=cfg.get("head", "linear"), head_dim=cfg.get("head_dim"), drop_path_rate=o.drop_path_rate,
                     name=cfg.get("name"))
-    model.load_report = apply_converted(model, conv, strict=o.strict)
+    model.load_report = apply_converted(model, ckpt, strict=o.strict)
     return model
 
 
@@ -229,8 +229,8 @@ def build_from_checkpoint(path: str | os.PathLike, options: LoadOptions | None =
     """
     o = LoadOptions.of(options, **kwargs)
     _check_arch_keys(o.arch_overrides)
-    conv = read_checkpoint(path, o.format, options=o)
-    return build_from_converted(conv, o)
+    ckpt = read_checkpoint(path, o.format, options=o)
+    return build_from_converted(ckpt, o)
 
 
 def _check_arch_keys(overrides: dict[str, Any]) -> None:
@@ -241,7 +241,7 @@ def _check_arch_keys(overrides: dict[str, Any]) -> None:
         raise TypeError(f"unknown architecture keyword(s) {sorted(unknown)}; known: {sorted(ARCH_DEFAULTS)}")
 
 
-def _resolve_heads(conv: ConvertedCheckpoint, o: LoadOptions) -> tuple[dict[str, Any], int | None, bool | None]:
+def _resolve_heads(ckpt: ConvertedCheckpoint, o: LoadOptions) -> tuple[dict[str, Any], int | None, bool | None]:
     """Architecture overrides, text heads and activation after ``num_heads`` / ``text_heads`` / ``arch``."""
     overrides = dict(o.arch_overrides)
     text_heads, quick_gelu = o.text_heads, o.quick_gelu
@@ -253,7 +253,7 @@ def _resolve_heads(conv: ConvertedCheckpoint, o: LoadOptions) -> tuple[dict[str,
             text_heads = spec.get("text_heads")
         if quick_gelu is None:
             quick_gelu = spec.get("quick_gelu")
-        conv.notes.append(f"head counts{' and activation' if 'quick_gelu' in spec else ''} from {o.arch!r}: "
+        ckpt.notes.append(f"head counts{' and activation' if 'quick_gelu' in spec else ''} from {o.arch!r}: "
                           + ", ".join(f"{k}={spec[k]}" for k in ("num_heads", "text_heads", "quick_gelu")
                                       if k in spec))
     if o.num_heads is not None:
@@ -261,39 +261,39 @@ def _resolve_heads(conv: ConvertedCheckpoint, o: LoadOptions) -> tuple[dict[str,
     return overrides, text_heads, quick_gelu
 
 
-def _warn_guesses(conv: ConvertedCheckpoint, text_tower: bool) -> None:
+def _warn_guesses(ckpt: ConvertedCheckpoint, text_tower: bool) -> None:
     """Every architecture guess left standing (for a tower that is built) is emitted once, one line naming the file."""
-    for n in conv.notes:
+    for n in ckpt.notes:
         if n.startswith(_GUESS_HEADS) or (text_tower and n.startswith(_GUESS_TEXT_HEADS)):
-            warnings.warn(f"{conv.path}: {n}", ArchitectureGuessWarning, stacklevel=3)
+            warnings.warn(f"{ckpt.path}: {n}", ArchitectureGuessWarning, stacklevel=3)
 
 
-def build_from_converted(conv: ConvertedCheckpoint, options: LoadOptions | None = None, **kwargs: Any) -> nn.Module:
+def build_from_converted(ckpt: ConvertedCheckpoint, options: LoadOptions | None = None, **kwargs: Any) -> nn.Module:
     """:func:`build_from_checkpoint` for an already-read :class:`ConvertedCheckpoint` (same options)."""
     from lastvit.models.vit import LastViT
 
     o = LoadOptions.of(options, **kwargs)
     _check_arch_keys(o.arch_overrides)
-    overrides, text_heads, quick_gelu = _resolve_heads(conv, o)
+    overrides, text_heads, quick_gelu = _resolve_heads(ckpt, o)
     if quick_gelu is not o.quick_gelu:
         o = LoadOptions.of(o, quick_gelu=quick_gelu)
     if o.pos_interp is not None:
         overrides["pos_interp"] = o.pos_interp
     if "num_heads" in overrides:
-        conv.notes = [n for n in conv.notes if not n.startswith(_GUESS_HEADS)]
+        ckpt.notes = [n for n in ckpt.notes if not n.startswith(_GUESS_HEADS)]
     if text_heads is not None:
-        conv.notes = [n for n in conv.notes if not n.startswith(_GUESS_TEXT_HEADS)]
-    if conv.format == "lastvit":
-        model = _build_lastvit_file(conv, o, overrides)
+        ckpt.notes = [n for n in ckpt.notes if not n.startswith(_GUESS_TEXT_HEADS)]
+    if ckpt.format == "lastvit":
+        model = _build_lastvit_file(ckpt, o, overrides)
         if o.verbose:
             print(model.load_report)
         return model
 
-    if conv.clip is not None and text_heads is not None and conv.clip.get("config"):
-        conv.clip["config"]["heads"] = int(text_heads)
-        conv.notes.append(f"CLIP text heads set by the caller: {int(text_heads)}")
+    if ckpt.clip is not None and text_heads is not None and ckpt.clip.get("config"):
+        ckpt.clip["config"]["heads"] = int(text_heads)
+        ckpt.notes.append(f"CLIP text heads set by the caller: {int(text_heads)}")
 
-    arch = dict(conv.arch)
+    arch = dict(ckpt.arch)
     if o.name is not None:
         from lastvit.models.arch import resolve_arch
 
@@ -301,40 +301,40 @@ def build_from_converted(conv: ConvertedCheckpoint, options: LoadOptions | None 
         for key in _NAME_KEYS:
             arch[key] = named[key]
         for key in ("embed_dim", "depth", "patch_size"):
-            if named[key] != conv.arch[key]:
-                raise CheckpointError(f"{conv.path}: model name {o.name!r} has {key}={named[key]} but the "
-                                      f"checkpoint has {key}={conv.arch[key]}")
-        conv.notes = [n for n in conv.notes if not n.startswith(_GUESS_HEADS)]
-        conv.notes.append(f"num_heads={arch['num_heads']} and img_size={arch['img_size']} taken from {o.name!r}")
+            if named[key] != ckpt.arch[key]:
+                raise CheckpointError(f"{ckpt.path}: model name {o.name!r} has {key}={named[key]} but the "
+                                      f"checkpoint has {key}={ckpt.arch[key]}")
+        ckpt.notes = [n for n in ckpt.notes if not n.startswith(_GUESS_HEADS)]
+        ckpt.notes.append(f"num_heads={arch['num_heads']} and img_size={arch['img_size']} taken from {o.name!r}")
     for key, v in overrides.items():
-        if key in ("embed_dim", "depth", "patch_size") and v != conv.arch.get(key):
-            conv.notes.append(f"{key}={v} overrides the checkpoint's {conv.arch.get(key)} (shapes will mismatch)")
+        if key in ("embed_dim", "depth", "patch_size") and v != ckpt.arch.get(key):
+            ckpt.notes.append(f"{key}={v} overrides the checkpoint's {ckpt.arch.get(key)} (shapes will mismatch)")
         elif key == "num_heads":
-            conv.notes.append(f"num_heads={v} set by the caller")
-        elif key == "pos_interp" and v != conv.arch.get(key):
-            conv.notes.append(f"pos_interp={v!r} set by the caller (the file's family: {conv.arch.get(key)!r})")
+            ckpt.notes.append(f"num_heads={v} set by the caller")
+        elif key == "pos_interp" and v != ckpt.arch.get(key):
+            ckpt.notes.append(f"pos_interp={v!r} set by the caller (the file's family: {ckpt.arch.get(key)!r})")
         arch[key] = v
     if quick_gelu is not None:
         arch["act"] = "quick_gelu" if quick_gelu else "gelu"
-    _warn_guesses(conv, text_tower=conv.clip is not None and not o.visual_only and o.head is None)
+    _warn_guesses(ckpt, text_tower=ckpt.clip is not None and not o.visual_only and o.head is None)
 
-    if conv.readout is not None and o.aggregator is None:
-        agg, agg_kw = conv.readout
+    if ckpt.readout is not None and o.aggregator is None:
+        agg, agg_kw = ckpt.readout
         agg_kw = dict(agg_kw) if o.aggregator_kwargs is None else dict(o.aggregator_kwargs)
     else:
         agg, agg_kw = o.aggregator or "lazystrike", dict(o.aggregator_kwargs or {})
 
-    if conv.clip is not None and not o.visual_only and o.head is None:
+    if ckpt.clip is not None and not o.visual_only and o.head is None:
         from lastvit.checkpoints.clip import clip_from_converted
 
-        conv.arch = arch
-        model = clip_from_converted(conv, aggregator=agg, aggregator_kwargs=agg_kw, strict=o.strict,
+        ckpt.arch = arch
+        model = clip_from_converted(ckpt, aggregator=agg, aggregator_kwargs=agg_kw, strict=o.strict,
                                     quick_gelu=quick_gelu)
         if o.verbose:
             print(model.load_report)
         return model
 
-    kind, size = conv.head
+    kind, size = ckpt.head
     head, head_dim = o.head, o.head_dim
     if head is None:
         head = kind if kind != "none" else "linear"
@@ -347,7 +347,7 @@ def build_from_converted(conv: ConvertedCheckpoint, options: LoadOptions | None 
         n = o.num_classes if o.num_classes is not None else (size if kind == "linear" else 0)
     model = LastViT(arch, aggregator=agg, aggregator_kwargs=agg_kw, num_classes=n, head=head, head_dim=head_dim,
                     drop_path_rate=o.drop_path_rate, name=o.name)
-    model.load_report = apply_converted(model, conv, strict=o.strict)
+    model.load_report = apply_converted(model, ckpt, strict=o.strict)
     if o.verbose:
         print(model.load_report)
     return model

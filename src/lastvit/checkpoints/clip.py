@@ -74,40 +74,40 @@ def _split_clip_part(clip: Any, path: str) -> tuple[dict[str, torch.Tensor], dic
     return out, text_cfg, embed_dim, logit_scale
 
 
-def _clip_state_dict(conv: ConvertedCheckpoint) -> dict[str, torch.Tensor]:
+def _clip_state_dict(ckpt: ConvertedCheckpoint) -> dict[str, torch.Tensor]:
     """The converted file under the CLIP's own keys."""
-    cfg = conv.config or {}
+    cfg = ckpt.config or {}
     if isinstance(cfg, dict) and cfg.get("model") == "clip":  # lastvit's CLIP file: already the CLIP's keys
-        return dict(conv.state_dict)
-    if not conv.clip:
-        raise CheckpointError(f"{conv.path}: not a whole-CLIP checkpoint (no text tower found)")
-    text_sd, _, _, logit_scale = _split_clip_part(conv.clip, conv.path)
-    sd = {f"visual.{k}": v for k, v in conv.state_dict.items()}
+        return dict(ckpt.state_dict)
+    if not ckpt.clip:
+        raise CheckpointError(f"{ckpt.path}: not a whole-CLIP checkpoint (no text tower found)")
+    text_sd, _, _, logit_scale = _split_clip_part(ckpt.clip, ckpt.path)
+    sd = {f"visual.{k}": v for k, v in ckpt.state_dict.items()}
     sd.update({f"text.{k}": v for k, v in text_sd.items()})
     if logit_scale is not None:
         sd["logit_scale"] = torch.as_tensor(logit_scale).reshape(())
     return sd
 
 
-def load_into_clip(model: CLIP, conv: ConvertedCheckpoint, strict: bool = True) -> LoadReport:
+def load_into_clip(model: CLIP, ckpt: ConvertedCheckpoint, strict: bool = True) -> LoadReport:
     """Load a converted whole-CLIP file (or a lastvit CLIP file) into ``model``; the report is also kept in
     ``model.load_report``. Under ``strict`` any missing / unexpected / mis-shaped key raises one line."""
-    sd = _clip_state_dict(conv)
+    sd = _clip_state_dict(ckpt)
     own = model.state_dict()
     if "logit_scale" in sd and "logit_scale" in own:
         sd["logit_scale"] = torch.as_tensor(sd["logit_scale"]).reshape(own["logit_scale"].shape)
-    skipped = {g: list(k) for g, k in conv.skipped.items() if g != "clip text tower"}  # the text tower is loaded
-    report = LoadReport(path=conv.path, format=conv.format, skipped=skipped, notes=list(conv.notes))
-    if conv.unsupported and strict:
-        raise CheckpointError(f"{conv.path}: {conv.unsupported[0]}")
-    report.notes.extend(conv.unsupported)
-    load_tensors(model, sd, report, strict=strict, unmapped=conv.unmapped)
+    skipped = {g: list(k) for g, k in ckpt.skipped.items() if g != "clip text tower"}  # the text tower is loaded
+    report = LoadReport(path=ckpt.path, format=ckpt.format, skipped=skipped, notes=list(ckpt.notes))
+    if ckpt.unsupported and strict:
+        raise CheckpointError(f"{ckpt.path}: {ckpt.unsupported[0]}")
+    report.notes.extend(ckpt.unsupported)
+    load_tensors(model, sd, report, strict=strict, unmapped=ckpt.unmapped)
     model.load_report = report
     return report
 
 
 def clip_from_converted(
-    conv: ConvertedCheckpoint,
+    ckpt: ConvertedCheckpoint,
     *,
     aggregator: str | None = None,
     aggregator_kwargs: dict[str, Any] | None = None,
@@ -116,29 +116,29 @@ def clip_from_converted(
 ) -> CLIP:
     """A whole :class:`CLIP` built from a converted file and loaded (report in ``model.load_report``).
 
-    The image tower comes from ``conv.arch`` / ``conv.head`` (``("proj", E)``), the text tower from ``conv.clip``
+    The image tower comes from ``ckpt.arch`` / ``ckpt.head`` (``("proj", E)``), the text tower from ``ckpt.clip``
     (its config inferred by the converter). A lastvit CLIP file is rebuilt from its stored config.
     ``quick_gelu=None`` follows the image tower's activation as converted (OpenAI files: QuickGELU). The default
     readout is LazyStrike (or the readout stored in a lastvit file).
     """
-    cfg = conv.config or {}
+    cfg = ckpt.config or {}
     if isinstance(cfg, dict) and cfg.get("model") == "clip":
         model = CLIP.from_config(cfg, aggregator=aggregator, aggregator_kwargs=aggregator_kwargs,
                                  quick_gelu=quick_gelu)
-        load_into_clip(model, conv, strict=strict)
+        load_into_clip(model, ckpt, strict=strict)
         return model
-    if not conv.clip:
-        raise CheckpointError(f"{conv.path}: not a whole-CLIP checkpoint (no text tower found)")
-    _, text_cfg, embed_dim, _ = _split_clip_part(conv.clip, conv.path)
-    if conv.head[0] != "proj":
-        raise CheckpointError(f"{conv.path}: the image tower has a {conv.head[0]!r} head, a CLIP needs a projection")
-    embed_dim = embed_dim or int(conv.head[1])
-    arch = dict(conv.arch)
+    if not ckpt.clip:
+        raise CheckpointError(f"{ckpt.path}: not a whole-CLIP checkpoint (no text tower found)")
+    _, text_cfg, embed_dim, _ = _split_clip_part(ckpt.clip, ckpt.path)
+    if ckpt.head[0] != "proj":
+        raise CheckpointError(f"{ckpt.path}: the image tower has a {ckpt.head[0]!r} head, a CLIP needs a projection")
+    embed_dim = embed_dim or int(ckpt.head[1])
+    arch = dict(ckpt.arch)
     if quick_gelu is None:
         quick_gelu = arch.get("act") == "quick_gelu"
     model = CLIP(arch, text_cfg, embed_dim, aggregator=aggregator or "lazystrike",
                  aggregator_kwargs=aggregator_kwargs, quick_gelu=quick_gelu)
-    load_into_clip(model, conv, strict=strict)
+    load_into_clip(model, ckpt, strict=strict)
     return model
 
 
@@ -159,8 +159,8 @@ def load_clip(path: str | os.PathLike, strict: bool = True, *, allow_pickle: boo
     if not (isinstance(obj, dict) and obj.get("format") == "lastvit" and (obj.get("config") or {}).get("model")
             == "clip"):
         raise CheckpointError(f"{path}: not a lastvit CLIP checkpoint (expected format 'lastvit' with a CLIP config)")
-    conv = convert(obj, path, "lastvit")
-    conv.notes[:0] = notes
+    ckpt = convert(obj, path, "lastvit")
+    ckpt.notes[:0] = notes
     model = CLIP.from_config(obj["config"], **overrides)
-    load_into_clip(model, conv, strict=strict)
+    load_into_clip(model, ckpt, strict=strict)
     return model

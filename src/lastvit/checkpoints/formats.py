@@ -154,21 +154,21 @@ _TV_TOP = {
 }
 
 
-def _finish(conv: ConvertedCheckpoint, enc: dict[str, torch.Tensor], head: dict[str, torch.Tensor],
+def _assemble(ckpt: ConvertedCheckpoint, enc: dict[str, torch.Tensor], head: dict[str, torch.Tensor],
             *, norm_eps: float, act: str, head_kind: str = "linear") -> ConvertedCheckpoint:
-    conv.arch = infer_arch(enc, conv.path, norm_eps=norm_eps, act=act, notes=conv.notes)
-    conv.state_dict = {f"encoder.{k}": v for k, v in enc.items()}
+    ckpt.arch = infer_arch(enc, ckpt.path, norm_eps=norm_eps, act=act, notes=ckpt.notes)
+    ckpt.state_dict = {f"encoder.{k}": v for k, v in enc.items()}
     if head:
         w = head.get("weight")
-        if w is None or w.ndim != 2 or w.shape[1] != conv.arch["embed_dim"]:
-            conv.unmapped.extend(f"head.{k}" for k in head)
+        if w is None or w.ndim != 2 or w.shape[1] != ckpt.arch["embed_dim"]:
+            ckpt.unmapped.extend(f"head.{k}" for k in head)
         else:
-            conv.state_dict.update({f"head.{k}": v for k, v in head.items()})
-            conv.head = (head_kind, int(w.shape[0]))
-    return conv
+            ckpt.state_dict.update({f"head.{k}": v for k, v in head.items()})
+            ckpt.head = (head_kind, int(w.shape[0]))
+    return ckpt
 
 
-def _convert_torchvision(sd: Mapping[str, Any], conv: ConvertedCheckpoint) -> ConvertedCheckpoint:
+def _convert_torchvision(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint) -> ConvertedCheckpoint:
     enc: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
     pre_logits: list[str] = []
@@ -178,7 +178,7 @@ def _convert_torchvision(sd: Mapping[str, Any], conv: ConvertedCheckpoint) -> Co
         elif m := _TV_BLOCK.match(k):
             sub = _TV_BLOCK_MAP.get(m.group(2))
             if sub is None:
-                conv.unmapped.append(k)
+                ckpt.unmapped.append(k)
             else:
                 enc[f"blocks.{m.group(1)}.{sub}"] = v
         elif k.startswith("heads.head."):
@@ -186,22 +186,22 @@ def _convert_torchvision(sd: Mapping[str, Any], conv: ConvertedCheckpoint) -> Co
         elif k.startswith("heads.pre_logits."):
             pre_logits.append(k)
         else:
-            conv.unmapped.append(k)
+            ckpt.unmapped.append(k)
     if pre_logits:
-        conv.unsupported.append(
+        ckpt.unsupported.append(
             "torchvision heads.pre_logits (representation_size) is not supported: a LastViT head is one Linear; "
             "strict=False drops pre_logits and the classifier head")
-        conv.skip("pre_logits head (unsupported)", pre_logits + [f"heads.head.{k}" for k in head])
+        ckpt.skip("pre_logits head (unsupported)", pre_logits + [f"heads.head.{k}" for k in head])
         head = {}
-    return _finish(conv, enc, head, norm_eps=1e-6, act="gelu")
+    return _assemble(ckpt, enc, head, norm_eps=1e-6, act="gelu")
 
 
-def _convert_timm(sd: Mapping[str, Any], conv: ConvertedCheckpoint) -> ConvertedCheckpoint:
+def _convert_timm(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint) -> ConvertedCheckpoint:
     sd = _tensors(sd)
     keys = list(sd)
     prefix = _find_prefix(keys, "patch_embed.proj.weight")
     if prefix is None:
-        raise CheckpointError(f"{conv.path}: not a timm ViT state dict (no patch_embed.proj.weight)")
+        raise CheckpointError(f"{ckpt.path}: not a timm ViT state dict (no patch_embed.proj.weight)")
     # A LastViT state dict (``encoder.*``, ``head.*``, ``aggregator.*``), possibly under a wrapper prefix such as
     # the ``model.`` of a Lightning module.
     base = prefix[: -len("encoder.")] if prefix.endswith("encoder.") else None
@@ -211,10 +211,10 @@ def _convert_timm(sd: Mapping[str, Any], conv: ConvertedCheckpoint) -> Converted
     head: dict[str, torch.Tensor] = {}
     extra: dict[str, torch.Tensor] = {}
     if lastvit_sd:
-        conv.notes.append("a LastViT state dict without config: architecture inferred from the weights"
+        ckpt.notes.append("a LastViT state dict without config: architecture inferred from the weights"
                           + (f" (under the prefix {base!r})" if base else ""))
     elif prefix:
-        conv.notes.append(f"encoder keys found under the prefix {prefix!r}")
+        ckpt.notes.append(f"encoder keys found under the prefix {prefix!r}")
     for k, v in sd.items():
         if not k.startswith(prefix):
             rest = k[len(base):] if lastvit_sd and k.startswith(base) else ""
@@ -223,27 +223,27 @@ def _convert_timm(sd: Mapping[str, Any], conv: ConvertedCheckpoint) -> Converted
             elif rest.startswith("aggregator."):
                 extra[rest] = v
             else:
-                conv.unmapped.append(k)
+                ckpt.unmapped.append(k)
             continue
         k2 = k[len(prefix):]
         if k2 in ("head.weight", "head.bias"):
             head[k2[5:]] = v
         elif k2.startswith("head.") or k2.startswith("head_dist.") or k2 == "dist_token":
-            conv.unmapped.append(k)
+            ckpt.unmapped.append(k)
         elif k2.startswith("aggregator."):  # a readout with parameters (lastvit's "attn"), e.g. in DINO exports
             extra[k2] = v
         elif k2 == "register_tokens":  # DINOv2's own name
             enc["reg_token"] = v
         elif k2 == "mask_token":
-            conv.skip("dinov2 mask_token", k)
+            ckpt.skip("dinov2 mask_token", k)
         else:
             enc[k2] = v
     chunked = re.compile(r"^blocks\.\d+\.(\d+)\.(.+)$")  # DINOv2 block_chunks: blocks.<chunk>.<global index>.*
     if any(chunked.match(k) for k in enc) and not any(re.match(r"^blocks\.\d+\.norm1\.", k) for k in enc):
         enc = {(f"blocks.{m.group(1)}.{m.group(2)}" if (m := chunked.match(k)) else k): v for k, v in enc.items()}
-        conv.notes.append("DINOv2 chunked blocks (blocks.<chunk>.<index>) flattened to blocks.<index>")
+        ckpt.notes.append("DINOv2 chunked blocks (blocks.<chunk>.<index>) flattened to blocks.<index>")
     if "fc_norm.weight" in enc:
-        conv.unsupported.append(
+        ckpt.unsupported.append(
             "timm checkpoint with fc_norm (global-average-pool model): its final norm is applied after "
             "pooling, lastvit normalises every token; strict=False maps fc_norm to the per-token final norm")
         fc = {n: enc.pop(f"fc_norm.{n}") for n in ("weight", "bias") if f"fc_norm.{n}" in enc}
@@ -256,26 +256,26 @@ def _convert_timm(sd: Mapping[str, Any], conv: ConvertedCheckpoint) -> Converted
         if n_patch_sq > 0 and int(n_patch_sq**0.5) ** 2 == n_patch_sq:
             enc["cls_token"] = enc["cls_token"] + pos[:, :1]
             enc["pos_embed"] = pos[:, 1:].clone()
-            conv.notes.append("DINOv2 register layout: class-token position folded into cls_token, "
+            ckpt.notes.append("DINOv2 register layout: class-token position folded into cls_token, "
                               "pos_embed covers patches only (no_embed_class=True)")
-    conv = _finish(conv, enc, head, norm_eps=1e-6, act="gelu")
-    conv.state_dict.update(extra)
-    return conv
+    ckpt = _assemble(ckpt, enc, head, norm_eps=1e-6, act="gelu")
+    ckpt.state_dict.update(extra)
+    return ckpt
 
 
-def _convert_clip(sd: Mapping[str, Any], conv: ConvertedCheckpoint, *, openai: bool,
+def _convert_clip(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint, *, openai: bool,
                   quick_gelu: bool | None) -> ConvertedCheckpoint:
     sd = _strip_module(_tensors(sd))
     if "visual.conv1.weight" not in sd and "conv1.weight" in sd:
         sd = {f"visual.{k}": v for k, v in sd.items()}  # an image tower saved on its own
     if quick_gelu is None:
         quick_gelu = openai
-        conv.notes.append(
+        ckpt.notes.append(
             "the activation is not recorded in CLIP files: assumed "
             + ("QuickGELU (OpenAI format)" if openai else
                "GELU (open_clip format; pass quick_gelu=True for OpenAI-initialised / '-quickgelu' models)"))
     else:
-        conv.notes.append(f"activation set by the caller: {'QuickGELU' if quick_gelu else 'GELU'}")
+        ckpt.notes.append(f"activation set by the caller: {'QuickGELU' if quick_gelu else 'GELU'}")
     act = "quick_gelu" if quick_gelu else "gelu"
     enc: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
@@ -306,7 +306,7 @@ def _convert_clip(sd: Mapping[str, Any], conv: ConvertedCheckpoint, *, openai: b
         elif m := block.match(k):
             sub = bmap.get(m.group(2))
             if sub is None:
-                conv.unmapped.append(k)
+                ckpt.unmapped.append(k)
             else:
                 enc[f"blocks.{m.group(1)}.{sub}"] = v
         elif k in OPENAI_META:
@@ -314,29 +314,29 @@ def _convert_clip(sd: Mapping[str, Any], conv: ConvertedCheckpoint, *, openai: b
         elif any(k.startswith(t) for t in TEXT_KEYS):
             text[k] = v
         else:
-            conv.unmapped.append(k)
-    conv.skip("openai metadata", meta)
-    conv = _finish(conv, enc, head, norm_eps=1e-5, act=act, head_kind="proj")
-    conv.arch["pos_interp"] = "open_clip"
-    conv.notes.append("position embeddings resample the open_clip way at other input sizes (bicubic resize of the "
+            ckpt.unmapped.append(k)
+    ckpt.skip("openai metadata", meta)
+    ckpt = _assemble(ckpt, enc, head, norm_eps=1e-5, act=act, head_kind="proj")
+    ckpt.arch["pos_interp"] = "open_clip"
+    ckpt.notes.append("position embeddings resample the open_clip way at other input sizes (bicubic resize of the "
                       "grid to the new size; pos_interp='open_clip', override with pos_interp=...)")
     if text:
-        conv.skip("clip text tower", sorted(text))
-        conv.clip = {
+        ckpt.skip("clip text tower", sorted(text))
+        ckpt.clip = {
             "state_dict": text,
-            "config": _text_config(text, conv, quick_gelu),
-            "embed_dim": conv.head[1] if conv.head[0] == "proj" else None,
+            "config": _text_config(text, ckpt, quick_gelu),
+            "embed_dim": ckpt.head[1] if ckpt.head[0] == "proj" else None,
             "quick_gelu": bool(quick_gelu),
             "source": "openai" if openai else "open_clip",
         }
-    return conv
+    return ckpt
 
 
-def _text_config(text: dict[str, torch.Tensor], conv: ConvertedCheckpoint, quick_gelu: bool) -> dict[str, Any]:
+def _text_config(text: dict[str, torch.Tensor], ckpt: ConvertedCheckpoint, quick_gelu: bool) -> dict[str, Any]:
     tok = text.get("token_embedding.weight")
     pos = text.get("positional_embedding")
     if tok is None or pos is None:
-        conv.notes.append("CLIP text tower incomplete (no token_embedding / positional_embedding)")
+        ckpt.notes.append("CLIP text tower incomplete (no token_embedding / positional_embedding)")
         return {}
     width = int(tok.shape[1])
     layers = {int(m.group(1)) for k in text if (m := re.match(r"^transformer\.resblocks\.(\d+)\.", k))}
@@ -348,7 +348,7 @@ def _text_config(text: dict[str, torch.Tensor], conv: ConvertedCheckpoint, quick
         embed = int(tp.shape[1])
     fc = text.get("transformer.resblocks.0.mlp.c_fc.weight")
     heads = default_num_heads(width)
-    conv.notes.append(f"CLIP text heads are not stored in the weights: assumed {heads} (width {width} / 64)")
+    ckpt.notes.append(f"CLIP text heads are not stored in the weights: assumed {heads} (width {width} / 64)")
     return {
         "context_length": int(pos.shape[0]),
         "vocab_size": int(tok.shape[0]),
@@ -362,33 +362,33 @@ def _text_config(text: dict[str, torch.Tensor], conv: ConvertedCheckpoint, quick
     }
 
 
-def _convert_lastvit(obj: Mapping[str, Any], conv: ConvertedCheckpoint) -> ConvertedCheckpoint:
+def _convert_lastvit(obj: Mapping[str, Any], ckpt: ConvertedCheckpoint) -> ConvertedCheckpoint:
     version = obj.get("version")
     if version != 1:
-        raise CheckpointError(f"{conv.path}: lastvit checkpoint version {version!r} is not supported (expected 1)")
+        raise CheckpointError(f"{ckpt.path}: lastvit checkpoint version {version!r} is not supported (expected 1)")
     cfg, sd = obj.get("config"), obj.get("state_dict")
     if not isinstance(cfg, Mapping) or not isinstance(sd, Mapping):
-        raise CheckpointError(f"{conv.path}: lastvit checkpoint without a 'config' dict and a 'state_dict'")
+        raise CheckpointError(f"{ckpt.path}: lastvit checkpoint without a 'config' dict and a 'state_dict'")
     from lastvit.models.vit import ARCH_DEFAULTS
 
-    conv.config = dict(cfg)
-    conv.model_class = obj.get("model_class")
-    conv.state_dict = _tensors(sd)
-    conv.extra = obj.get("extra")
+    ckpt.config = dict(cfg)
+    ckpt.model_class = obj.get("model_class")
+    ckpt.state_dict = _tensors(sd)
+    ckpt.extra = obj.get("extra")
     arch = cfg.get("arch")
     if not isinstance(arch, Mapping) and isinstance(cfg.get("vision"), Mapping):  # a lastvit CLIP: image tower
         arch = cfg["vision"]
-    conv.arch = {**ARCH_DEFAULTS, **arch} if isinstance(arch, Mapping) else {}
+    ckpt.arch = {**ARCH_DEFAULTS, **arch} if isinstance(arch, Mapping) else {}
     head = cfg.get("head", "linear")
     if cfg.get("model") == "clip" and cfg.get("embed_dim"):
-        conv.head = ("proj", int(cfg["embed_dim"]))
+        ckpt.head = ("proj", int(cfg["embed_dim"]))
     elif head == "proj":
-        conv.head = ("proj", int(cfg.get("head_dim") or conv.arch.get("embed_dim", 0)))
+        ckpt.head = ("proj", int(cfg.get("head_dim") or ckpt.arch.get("embed_dim", 0)))
     elif head == "linear" and cfg.get("num_classes", 0):
-        conv.head = ("linear", int(cfg["num_classes"]))
+        ckpt.head = ("linear", int(cfg["num_classes"]))
     if "aggregator" in cfg:
-        conv.readout = (cfg["aggregator"], dict(cfg.get("aggregator_kwargs") or {}))
-    return conv
+        ckpt.readout = (cfg["aggregator"], dict(cfg.get("aggregator_kwargs") or {}))
+    return ckpt
 
 
 def convert(obj: Any, path: str, fmt: str = "auto", *, dino_branch: str = "teacher",
@@ -398,52 +398,52 @@ def convert(obj: Any, path: str, fmt: str = "auto", *, dino_branch: str = "teach
     detected = detect_format(obj, path)
     if fmt == "auto":
         fmt = detected
-    conv = ConvertedCheckpoint(path=path, format=fmt, arch={}, state_dict={})
+    ckpt = ConvertedCheckpoint(path=path, format=fmt, arch={}, state_dict={})
     if fmt != detected and not (fmt in ("open_clip", "openai") and detected in ("open_clip", "openai")):
-        conv.notes.append(f"format {fmt!r} forced by the caller (auto-detection says {detected!r})")
+        ckpt.notes.append(f"format {fmt!r} forced by the caller (auto-detection says {detected!r})")
     if fmt == "lastvit":
         if obj.get("format") != "lastvit":
             raise CheckpointError(f"{path}: not a lastvit checkpoint (no format='lastvit' entry)")
-        return _convert_lastvit(obj, conv)
+        return _convert_lastvit(obj, ckpt)
     if fmt == "dino":
-        return _convert_dino(obj, conv, dino_branch)
+        return _convert_dino(obj, ckpt, dino_branch)
     key, payload = _model_payload(obj)
     sd = payload if payload is not None else obj
-    conv.skip("trainer state", _trainer_keys(obj, key) if payload is not None else
+    ckpt.skip("trainer state", _trainer_keys(obj, key) if payload is not None else
               [k for k, v in obj.items() if not isinstance(v, torch.Tensor)])
     if payload is not None and key != "model":
-        conv.notes.append(f"model weights read from the {key!r} entry")
+        ckpt.notes.append(f"model weights read from the {key!r} entry")
     if fmt in ("torchvision", "detectron2"):
         sd = _strip_module(_tensors(sd))
         p = _is_torchvision(list(sd))
         if p is None:
             raise CheckpointError(f"{path}: not a torchvision ViT state dict (no conv_proj / encoder.layers keys)")
         if p:
-            conv.unmapped.extend(k for k in sd if not k.startswith(p))
+            ckpt.unmapped.extend(k for k in sd if not k.startswith(p))
             sd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-        conv = _convert_torchvision(sd, conv)
+        ckpt = _convert_torchvision(sd, ckpt)
         if fmt == "detectron2":
-            conv.readout = ("lazystrike", {"k": 1})
-            conv.notes.append("LaSt-ViT release (detectron2): default readout LazyStrike k=1, as trained")
-        return conv
+            ckpt.readout = ("lazystrike", {"k": 1})
+            ckpt.notes.append("LaSt-ViT release (detectron2): default readout LazyStrike k=1, as trained")
+        return ckpt
     if fmt == "timm":
-        return _convert_timm(_strip_module(sd), conv)
+        return _convert_timm(_strip_module(sd), ckpt)
     if fmt in ("open_clip", "openai"):
-        return _convert_clip(sd, conv, openai=fmt == "openai", quick_gelu=quick_gelu)
+        return _convert_clip(sd, ckpt, openai=fmt == "openai", quick_gelu=quick_gelu)
     raise CheckpointError(f"{path}: format {fmt!r} has no converter")  # pragma: no cover - FORMATS is closed
 
 
-def _convert_dino(obj: Mapping[str, Any], conv: ConvertedCheckpoint, branch: str) -> ConvertedCheckpoint:
+def _convert_dino(obj: Mapping[str, Any], ckpt: ConvertedCheckpoint, branch: str) -> ConvertedCheckpoint:
     if branch not in ("teacher", "student"):
         raise CheckpointError(f"dino_branch must be 'teacher' or 'student', got {branch!r}")
     sd = obj.get(branch)
     if not isinstance(sd, Mapping):
-        raise CheckpointError(f"{conv.path}: DINO checkpoint without a {branch!r} branch "
+        raise CheckpointError(f"{ckpt.path}: DINO checkpoint without a {branch!r} branch "
                               f"(top-level keys: {sorted(map(str, obj))[:8]})")
     other = "student" if branch == "teacher" else "teacher"
     if isinstance(obj.get(other), Mapping):
-        conv.skip(f"dino {other} branch", [f"{other}.{k}" for k in obj[other]])
-    conv.skip("trainer state", [k for k in obj if k not in ("student", "teacher")])
+        ckpt.skip(f"dino {other} branch", [f"{other}.{k}" for k in obj[other]])
+    ckpt.skip("trainer state", [k for k in obj if k not in ("student", "teacher")])
     sd = _strip_module(_tensors(sd))
     backbone = {k: v for k, v in sd.items() if k.startswith("backbone.")}
     if not backbone:
@@ -451,13 +451,13 @@ def _convert_dino(obj: Mapping[str, Any], conv: ConvertedCheckpoint, branch: str
     else:
         backbone = _strip(backbone, "backbone.")
     head = [k for k in sd if k.startswith("head.")]
-    conv.skip("dino head", [f"{branch}.{k}" for k in head])
-    conv.unmapped.extend(f"{branch}.{k}" for k in sd
+    ckpt.skip("dino head", [f"{branch}.{k}" for k in head])
+    ckpt.unmapped.extend(f"{branch}.{k}" for k in sd
                          if not k.startswith("head.") and not k.startswith("backbone.")
                          and k not in backbone)
-    conv.notes.append(f"DINO {branch} backbone loaded" + (" (default; dino_branch='student' for the student)"
+    ckpt.notes.append(f"DINO {branch} backbone loaded" + (" (default; dino_branch='student' for the student)"
                                                           if branch == "teacher" else ""))
-    out = _convert_timm(backbone, conv)
+    out = _convert_timm(backbone, ckpt)
     out.arch["pos_interp"] = "dino"
     out.notes.append("position embeddings resample the DINO way at other input sizes (interpolate_pos_encoding; "
                      "pos_interp='dino', override with pos_interp=...)")

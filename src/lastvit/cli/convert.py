@@ -13,15 +13,15 @@ def run(args: argparse.Namespace) -> int:
     from lastvit.checkpoints import ArchitectureGuessWarning, build_from_converted, read_checkpoint, save_checkpoint
 
     opts = load_options(args, aggregator=args.aggregator, num_classes=args.num_classes, visual_only=args.visual_only)
-    conv = read_checkpoint(args.checkpoint, opts.format, options=opts)
+    ckpt = read_checkpoint(args.checkpoint, opts.format, options=opts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ArchitectureGuessWarning)  # the guesses are printed below as notes
-        model = build_from_converted(conv, opts)
+        model = build_from_converted(ckpt, opts)
     report = model.load_report
     out = save_checkpoint(model, args.out, extra={"converted_from": str(args.checkpoint),
-                                                  "source_format": conv.format})
+                                                  "source_format": ckpt.format})
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out} ({type(model).__name__}, {n:,} parameters, from {conv.format})")
+    print(f"wrote {out} ({type(model).__name__}, {n:,} parameters, from {ckpt.format})")
     for note in report.notes:
         print(f"  note: {note}")
     for group, keys in report.skipped.items():

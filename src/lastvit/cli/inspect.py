@@ -67,24 +67,24 @@ def run(args: argparse.Namespace) -> int:
     from lastvit.checkpoints import FORMATS, ArchitectureGuessWarning, build_from_converted, read_checkpoint
 
     opts = load_options(args, visual_only=True)
-    conv = read_checkpoint(args.checkpoint, opts.format, options=opts)
+    ckpt = read_checkpoint(args.checkpoint, opts.format, options=opts)
     # Build the image tower from the file and load it: proves the weights fit (strict unless --no-strict).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ArchitectureGuessWarning)  # printed below as "guess:" lines instead
-        model = build_from_converted(conv, opts)
+        model = build_from_converted(ckpt, opts)
     report = model.load_report
-    guesses = _guesses(conv.notes)
+    guesses = _guesses(ckpt.notes)
     if args.json:
-        out = conv.summary()
+        out = ckpt.summary()
         out["arch"] = getattr(model, "arch", out["arch"])
         out["load"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
         out["model_params"] = sum(p.numel() for p in model.parameters())
         out["guesses"] = guesses
         print(json.dumps(out, indent=2, default=str))
         return 0
-    arch = getattr(model, "arch", conv.arch)
-    print(f"checkpoint: {conv.path}")
-    print(f"format:     {conv.format} - {FORMATS.get(conv.format, '')}")
+    arch = getattr(model, "arch", ckpt.arch)
+    print(f"checkpoint: {ckpt.path}")
+    print(f"format:     {ckpt.format} - {FORMATS.get(ckpt.format, '')}")
     print(f"model:      {type(model).__name__}")
     if arch:
         print(f"arch:       {_fmt_arch(arch)}")
@@ -92,20 +92,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"pos_interp: {arch['pos_interp']} (position-embedding resampling at other input sizes)")
     for g in guesses:
         print(f"guess:      {g}")
-    print(f"head:       {conv.head[0]}" + (f" ({conv.head[1]})" if conv.head[0] != "none" else ""))
-    readout = getattr(model, "aggregator_name", None) or (conv.readout[0] if conv.readout else None)
+    print(f"head:       {ckpt.head[0]}" + (f" ({ckpt.head[1]})" if ckpt.head[0] != "none" else ""))
+    readout = getattr(model, "aggregator_name", None) or (ckpt.readout[0] if ckpt.readout else None)
     if readout:
-        kw = getattr(model, "aggregator_kwargs", None) or (conv.readout[1] if conv.readout else {})
+        kw = getattr(model, "aggregator_kwargs", None) or (ckpt.readout[1] if ckpt.readout else {})
         print(f"readout:    {readout} {kw if kw else ''}".rstrip())
     n_model = sum(p.numel() for p in model.parameters())
-    line = f"params:     {n_model:,} in the model; file tensors: {conv.num_params():,}"
-    if conv.num_params("encoder"):
-        line += f" (encoder {conv.num_params('encoder'):,}, head {conv.num_params('head'):,})"
-    if conv.clip is not None:
-        line += f"; text tower {conv.num_params('text'):,}"
+    line = f"params:     {n_model:,} in the model; file tensors: {ckpt.num_params():,}"
+    if ckpt.num_params("encoder"):
+        line += f" (encoder {ckpt.num_params('encoder'):,}, head {ckpt.num_params('head'):,})"
+    if ckpt.clip is not None:
+        line += f"; text tower {ckpt.num_params('text'):,}"
     print(line)
-    if conv.clip is not None:
-        cfg = conv.clip.get("config", {})
+    if ckpt.clip is not None:
+        cfg = ckpt.clip.get("config", {})
         print("clip text:  " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
     print("\n".join(str(report).splitlines()[1:]))
     return 0
