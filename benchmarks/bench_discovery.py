@@ -21,7 +21,7 @@ import torch
 
 from lastvit import create_model
 from lastvit.evaluate.discovery import (
-    LastKeys,
+    last_block_keys,
     lazystrike_box,
     lost_box,
     model_patch_scores,
@@ -89,15 +89,11 @@ def main() -> None:
 
     @torch.no_grad()
     def lost(x):
-        with LastKeys(model) as hk:
-            model.forward_tokens(x)
-        lost_box(hk.keys[0, model.num_prefix_tokens :], grid, p, (h, w))
+        lost_box(last_block_keys(model, x)[0, model.num_prefix_tokens :], grid, p, (h, w))
 
     @torch.no_grad()
     def tokencut(x):
-        with LastKeys(model) as hk:
-            model.forward_tokens(x)
-        tokencut_box(hk.keys[0, model.num_prefix_tokens :], grid, p, (h, w))
+        tokencut_box(last_block_keys(model, x)[0, model.num_prefix_tokens :], grid, p, (h, w))
 
     methods = {"forward_only": forward_only, "lazystrike": lazystrike, "lost": lost}
     if args.tokencut:
@@ -109,9 +105,9 @@ def main() -> None:
                      "median_ms": 1000 * med}
 
     # post-processing alone, on tokens computed once
-    with torch.no_grad(), LastKeys(model) as hk:
+    with torch.no_grad():
         s = model_patch_scores(model, images[0])
-        keys = hk.keys[0, model.num_prefix_tokens :].clone()
+        keys = last_block_keys(model, images[0])[0, model.num_prefix_tokens :].clone()
     post = {
         "lazystrike_rule": _time(lambda _: lazystrike_box(s[0], p, (h, w)), images, device),
         "lost_rule": _time(lambda _: lost_box(keys, grid, p, (h, w)), images, device),

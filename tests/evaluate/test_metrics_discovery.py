@@ -153,6 +153,19 @@ def test_fiedler_vector_rejects_unknown_solver():
         fiedler_vector(np.ones((4, 4)), "qr")
 
 
+def test_last_block_keys_are_the_last_qkv_keys():
+    torch.manual_seed(0)
+    m = create_model("vit_micro_patch8_64", num_classes=0).eval()
+    x = torch.randn(2, 3, 48, 64)
+    from lastvit.evaluate.discovery import LastKeys, last_block_keys
+
+    with torch.no_grad(), LastKeys(m) as hk:
+        m.forward_tokens(x)
+    k = last_block_keys(m, x)
+    assert k.shape == (2, m.num_prefix_tokens + 48, m.encoder.embed_dim)
+    torch.testing.assert_close(k, hk.keys, rtol=0, atol=1e-6)
+
+
 def test_tokencut_boxes_equal_across_solvers():
     torch.manual_seed(0)
     m = create_model("vit_micro_patch8_64", num_classes=0).eval()

@@ -12,10 +12,10 @@ structure is 4-connectivity (LOST's and TokenCut's choice), ``connectivity=8`` u
   (``component="top"``) or of the largest foreground component (``component="largest"``; ties -> the one
   holding the higher-scoring patch).
 * LOST (Simeoni et al., BMVC 2021): features = keys of the last attention layer (all heads concatenated,
-  prefix tokens dropped); ``A = F F^T``; degree d_i = #{j != i : A_ij > 0}; patches sorted by increasing degree
-  (stable: ties keep the lower index); seed = first; ``S`` = those of the first ``k_patches`` sorted patches with
-  ``A[seed, j] > 0`` (the seed itself included); mask = ``sum_{j in S} A[j, :] > 0``; box = the seed's
-  4-connected component of the mask.
+  prefix tokens dropped; :func:`last_block_keys`); ``A = F F^T``; degree d_i = #{j != i : A_ij > 0}; patches
+  sorted by increasing degree (stable: ties keep the lower index); seed = first; ``S`` = those of the first
+  ``k_patches`` sorted patches with ``A[seed, j] > 0`` (the seed itself included); mask =
+  ``sum_{j in S} A[j, :] > 0``; box = the seed's 4-connected component of the mask.
 * TokenCut (Wang et al., CVPR 2022): keys L2-normalised; ``W_ij = 1`` if cos > tau else ``eps``;
   second-smallest generalised eigenvector of ``(D - W) x = lambda D x``; bipartition = ``x > mean(x)``;
   seed = ``argmax |x|``; when the seed falls outside the foreground side the partition is flipped; box = the
@@ -57,6 +57,7 @@ __all__ = [
     "lost_scores",
     "tokencut_box",
     "fiedler_vector",
+    "last_block_keys",
     "LastKeys",
     "DiscoveryResult",
     "discover",
@@ -259,8 +260,22 @@ def tokencut_box(
     return box, {"seed": seed, "eigvec": x, "partition": part.reshape(h, w), "component": comp}
 
 
+@torch.no_grad()
+def last_block_keys(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Keys of the last attention layer (B, P + N, D), all heads concatenated, as LOST and TokenCut take them:
+    the model's token path (``embed``, ``forward_blocks`` up to the last block) and the last block's ``qkv``
+    projection of its normed input; the last block's attention and MLP are not run."""
+    tokens, grid = model.embed(images)
+    x = model.forward_blocks(tokens, grid, upto=model.depth - 1)
+    blk = model.encoder.blocks[-1]
+    qkv = blk.attn.qkv(blk.norm1(x))
+    d = qkv.shape[-1] // 3
+    return qkv[..., d : 2 * d]
+
+
 class LastKeys:
-    """Context manager: a forward hook on ``encoder.blocks[-1].attn.qkv`` that keeps the keys (B, L, D)."""
+    """Context manager: a forward hook on ``encoder.blocks[-1].attn.qkv`` that keeps the keys (B, L, D) of any
+    forward pass run inside it (:func:`last_block_keys` gives the same keys without running the last block)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -389,9 +404,7 @@ def discover(
                     boxes.append(lazystrike_box(sc[j], p, hw, n_std=n_std, connectivity=connectivity,
                                                 component=comp)[0])
             else:
-                with LastKeys(model) as hook:
-                    model.forward_tokens(x)
-                keys = hook.keys[:, npre:]
+                keys = last_block_keys(model, x)[:, npre:]
                 for j, hw in enumerate(sizes):
                     if m == "lost":
                         box, _ = lost_box(keys[j], grid, p, hw, k_patches=k_patches, connectivity=connectivity)
