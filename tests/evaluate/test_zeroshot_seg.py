@@ -180,10 +180,30 @@ def test_postprocess_synonym_max_and_thresholds():
     assert pred2.tolist() == [[0, 0]]  # top prob 0.506 < 0.6 -> background
     with pytest.raises(ValueError):
         postprocess(logits, qidx, 2, prob_thd=0.5, background=False)
-    # area threshold: class 1 wins 1 of 4 pixels (< 30%) and is suppressed
+    # area threshold without a background class: class 1 wins 1 of 4 pixels (< 30% of the image), suppressed
     lg = torch.tensor([[0.0, 0, 0, 0], [1.0, -1, -1, -1]]).reshape(2, 2, 2)
-    _, pa = postprocess(lg, torch.tensor([0, 1]), 2, logit_scale=5.0, area_thd=0.3, background=True)
+    _, pa = postprocess(lg, torch.tensor([0, 1]), 2, logit_scale=5.0, area_thd=0.3, background=False)
     assert pa.sum() == 0
+    # with a background class (SCLIP's rule) the area counts against the non-background pixels only: class 1 is
+    # then all of them and stays
+    _, pb = postprocess(lg, torch.tensor([0, 1]), 2, logit_scale=5.0, area_thd=0.3, background=True)
+    assert pb.tolist() == [[1, 0], [0, 0]]
+
+
+def test_area_rule_is_sclips():
+    """SCLIP: keep class c >= 1 iff area(c) > area_thd * (pixels predicted non-background); class 0 never dropped.
+
+    10 pixels: background 6, class 1 wins 3, class 2 wins 1. Against the 4 non-background pixels, class 2 has 25%
+    (> 20%: kept); against the whole image it would have 10% (dropped, the old rule)."""
+    c = torch.full((3, 1, 10), -5.0)
+    c[0, 0, :6] = 5.0
+    c[1, 0, 6:9] = 5.0
+    c[2, 0, 9] = 5.0
+    c[1, 0, 9] = 4.0  # class 2's pixel has class 1 as runner-up
+    _, pred = postprocess(c, torch.arange(3), 3, logit_scale=1.0, area_thd=0.2, background=True)
+    assert pred.tolist() == [[0] * 6 + [1, 1, 1, 2]]
+    _, pred = postprocess(c, torch.arange(3), 3, logit_scale=1.0, area_thd=0.3, background=True)
+    assert pred.tolist() == [[0] * 6 + [1, 1, 1, 1]]  # 25% <= 30%: class 2 dropped, its pixel goes to class 1
 
 
 def test_shipped_classnames():
@@ -214,3 +234,95 @@ def test_zeroshot_pipeline_on_tiny_clip(tmp_path):
     assert res["per_image"][0]["id"] == "x"
     # one image: the image's own mIoU is the dataset mIoU
     assert math.isclose(res["per_image"][0]["mIoU"], res["mIoU"], rel_tol=1e-9)
+
+
+def _pamr_by_hand(img, m, num_iter, dilations):
+    """PAMR from its definition, pixel by pixel: affinities over dilated 3x3 neighbourhoods (borders replicated)."""
+    _, h, w = img.shape
+    clamp = lambda y, x: (min(max(y, 0), h - 1), min(max(x, 0), w - 1))  # noqa: E731
+    offs = [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    alpha = torch.zeros(len(offs), h, w)
+    for y in range(h):
+        for x in range(w):
+            vals = [img[:, y, x]] * len(dilations) + [img[:, clamp(y + a, x + b)[0], clamp(y + a, x + b)[1]]
+                                                      for a, b in offs]
+            sigma = torch.stack(vals).std(0)  # per channel, unbiased
+            k = torch.stack([-((img[:, y, x] - v).abs() / (1e-8 + 0.1 * sigma)).mean() for v in vals[len(dilations):]])
+            alpha[:, y, x] = k.softmax(0)
+    for _ in range(num_iter):
+        new = torch.zeros_like(m)
+        for y in range(h):
+            for x in range(w):
+                for j, (a, b) in enumerate(offs):
+                    yy, xx = clamp(y + a, x + b)
+                    new[:, y, x] += alpha[j, y, x] * m[:, yy, xx]
+        m = new
+    return m
+
+
+def test_pamr_matches_its_definition_and_respects_edges():
+    from lastvit.evaluate.zeroshot_seg import pamr
+
+    torch.manual_seed(0)
+    img, m = torch.randn(3, 5, 6), torch.randn(2, 5, 6)
+    torch.testing.assert_close(pamr(img, m, 3, (1, 2)), _pamr_by_hand(img, m, 3, (1, 2)), rtol=1e-4, atol=1e-5)
+    # a colour edge stops the propagation: left half dark, right half bright, labels start on the left only
+    img = torch.zeros(3, 8, 8)
+    img[:, :, 4:] = 1.0
+    img += 0.01 * torch.randn(3, 8, 8)
+    lab = torch.zeros(1, 8, 8)
+    lab[:, :, :2] = 1.0
+    out = pamr(img, lab, 10, (1,))
+    assert out[0, :, :4].mean() > 0.3 and out[0, :, 4:].max() < 1e-3
+
+
+def test_presets_are_sclips_released_configs():
+    from lastvit.evaluate.presets import SEG_PRESETS
+
+    p = SEG_PRESETS
+    assert (p["voc21"]["logit_scale"], p["voc21"]["prob_thd"], p["voc21"]["area_thd"]) == (65.0, 0.1, 0.1)
+    for name in ("context60", "coco_object"):  # cfg_context60.py / cfg_coco_object.py
+        assert (p[name]["logit_scale"], p[name]["prob_thd"], p[name].get("area_thd")) == (50.0, 0.1, None)
+        assert p[name]["background"] is True
+    assert p["ade20k"]["short_side"] == 336  # Resize(scale=(2048, 336), keep_ratio=True)
+    assert {n: p[n]["short_side"] for n in ("voc20", "context59", "coco_stuff171", "cityscapes")} == {
+        "voc20": 336, "context59": 336, "coco_stuff171": 448, "cityscapes": 560}
+    for name in ("voc20", "context59", "ade20k", "coco_stuff171", "cityscapes"):  # base config: 40, no thresholds
+        assert "logit_scale" not in p[name] and "prob_thd" not in p[name] and "area_thd" not in p[name]
+
+
+def test_background_class_is_reported_as_background(tmp_path):
+    from lastvit.models.clip import CLIP
+
+    torch.manual_seed(0)
+    clip = CLIP("vit_micro_patch8_64", text=dict(context_length=16, vocab_size=64, width=32, heads=2, layers=1),
+                embed_dim=16).eval()
+    cfg = ZeroShotSegConfig(classnames="voc21", short_side=None, crop=32, stride=16, logit_scale=65.0,
+                            prob_thd=0.1, area_thd=0.1, pamr_steps=2)
+    res = evaluate_zeroshot_seg(clip, [{"image": torch.randn(3, 32, 40), "seg": torch.zeros(32, 40, dtype=torch.long),
+                                        "id": "a"}], cfg)
+    assert read_classnames("voc21")[0][0] == "sky"  # SCLIP's queries for the background class stay
+    assert res["per_class"][0]["class"] == "background" and res["per_class"][1]["class"] == "aeroplane"
+
+
+def test_synthetic_preset_reads_a_synth_tree(tmp_path):
+    """`--dataset synthetic`: the preset alone (plus root) reads a `lastvit data synth` tree's class maps."""
+    from lastvit.data import SyntheticConfig, SyntheticDataset, build_eval_dataset, write_imagefolder
+    from lastvit.evaluate.presets import remap_labels, seg_preset
+
+    root = tmp_path / "synth"
+    write_imagefolder(SyntheticDataset(SyntheticConfig(), split="test", size=3, seed=0), root)
+    pre = seg_preset("synthetic", root)
+    assert pre["opts"] == {"img_dir": "test", "ann_dir": "Segmentation/test", "img_suffix": ".png"}
+    assert pre["classnames"] == f"{root}/classes.txt" and pre["background"] is False and pre["short_side"] is None
+    assert seg_preset("synthetic", root, "val")["opts"]["ann_dir"] == "Segmentation/val"
+    ds = build_eval_dataset(pre["reader"], root, split=pre["split"], image_size=None, resize=None, **pre["opts"])
+    s = ds[0]
+    seg = remap_labels(torch.as_tensor(s["seg"]), pre["label"])
+    classes = read_classnames(pre["classnames"])
+    assert len(ds) == 3 and s["image"].shape[-2:] == seg.shape
+    # background pixels are ignored; object pixels hold a class of classes.txt
+    vals = set(seg.unique().tolist())
+    assert 255 in vals and vals - {255} and max(vals - {255}) < len(classes)
+    with pytest.raises(ValueError, match="unknown zero-shot segmentation preset"):
+        seg_preset("nope")

@@ -17,13 +17,22 @@ Protocol (SCLIP lineage, re-implemented without mmseg):
    renormalised). ``synonyms="max"`` (SCLIP): probabilities are a softmax over *all* queries of
    ``logit_scale * cosine`` and a class takes the max over its names; ``synonyms="mean"``: a class embedding is
    the renormalised mean of its names' embeddings and the softmax runs over classes;
-5. optional ``area_thd``: a non-background class whose arg-max area is below ``area_thd`` of the image gets
-   probability 0 (SCLIP's rule); ``prob_thd``: pixels whose top probability is below it become class 0
-   (background) — only for datasets whose class 0 is background (``background=True``);
-6. mIoU over the dataset's confusion matrix with ignore index 255 (:class:`lastvit.evaluate.metrics.SegConfusion`;
+5. optional PAMR refinement (``pamr_steps > 0``; NACLIP's released numbers use 10 steps, dilations 8 and 16) of
+   the query logits at the ground-truth size, guided by the image resized to that size (:func:`pamr`);
+6. optional ``area_thd`` (SCLIP's rule): a class whose arg-max area is at most ``area_thd`` of the pixels predicted
+   non-background (of all pixels when the dataset has no background class) gets probability 0 -- class 0 is never
+   suppressed; ``prob_thd``: pixels whose top probability is below it become class 0 (background) -- only for
+   datasets whose class 0 is background (``background=True``, whose class 0 is reported as ``"background"``);
+7. mIoU over the dataset's confusion matrix with ignore index 255 (:class:`lastvit.evaluate.metrics.SegConfusion`;
    classes absent from both ground truth and prediction are left out of the mean, as mmseg does).
 
-Defaults: ``logit_scale=40`` (SCLIP's base config; its VOC21 config uses 65), ``prob_thd=0``, ``area_thd=None``.
+Defaults: ``logit_scale=40`` (SCLIP's base config), ``prob_thd=0``, ``area_thd=None``, no PAMR; the dataset presets
+(:mod:`lastvit.evaluate.presets`) carry SCLIP's per-dataset values.
+
+Reference: SCLIP's ``clip_segmentor.py`` (``forward_slide``, ``postprocess_result``) and NACLIP's ``naclip.py``.
+Remaining differences: a window whose size is not a multiple of the patch size is zero-padded here (SCLIP and NACLIP
+feed it as is, their CLIP dropping the remainder in the patch convolution); mmseg's long-side cap of 2048 in the
+resize is not applied. PAMR runs, as in both, on the query logits at the ground-truth size.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ __all__ = [
     "window_logits",
     "postprocess",
     "resize_short_side",
+    "pamr",
     "ZeroShotSegConfig",
     "evaluate_zeroshot_seg",
 ]
@@ -198,11 +208,11 @@ def postprocess(
         probs = probs_q.new_full((num_classes, *probs_q.shape[1:]), -1.0)
         index = qi.reshape(-1, *([1] * (probs_q.dim() - 1))).expand_as(probs_q)
         probs = probs.scatter_reduce_(0, index, probs_q, "amax", include_self=True)
-    if area_thd is not None:
+    if area_thd is not None:  # SCLIP: area against the pixels predicted non-background
         pred = probs.argmax(0)
         area = torch.bincount(pred.reshape(-1), minlength=num_classes).float()
-        keep = area > area_thd * pred.numel()
         start = 1 if background else 0
+        keep = area > area_thd * area[start:].sum()
         probs[start:] *= keep[start:, None, None].to(probs.dtype)
     pred = probs.argmax(0)
     if prob_thd > 0:
@@ -210,6 +220,48 @@ def postprocess(
             raise ValueError("prob_thd assigns low-confidence pixels to class 0, which needs a background class")
         pred[probs.max(0).values < prob_thd] = 0
     return probs, pred
+
+
+@torch.no_grad()
+def pamr(image: torch.Tensor, logits: torch.Tensor, num_iter: int = 10, dilations: Sequence[int] = (8, 16)
+         ) -> torch.Tensor:
+    """Pixel-adaptive mask refinement (Araslanov & Roth, CVPR 2020) of ``logits`` (B, C, H, W) guided by ``image``.
+
+    For each pixel ``i`` and each of its 8 neighbours ``j`` at every dilation ``d`` (a dilated 3 x 3 neighbourhood,
+    borders replicated), the affinity is ``k_ij = -mean_channels(|I_i - I_j| / (1e-8 + 0.1 * sigma_i))``, with
+    ``sigma_i`` the per-channel standard deviation (unbiased) of the 9 samples of every dilated neighbourhood
+    (centre included, all dilations together); ``a_ij = softmax_j(k_ij)``. Then ``num_iter`` times
+    ``m_i <- sum_j a_ij m_j``. ``logits`` at another size are first resized bilinearly (corners aligned).
+    """
+    if image.dim() == 3:
+        image = image[None]
+    if logits.dim() == 3:
+        return pamr(image, logits[None], num_iter, dilations)[0]
+    h, w = image.shape[-2:]
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
+    if not dilations or num_iter <= 0:
+        return logits
+    offsets = [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    pad = max(int(d) for d in dilations)
+
+    def neighbour(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:  # t shifted so pixel i holds t at i + (dy, dx)
+        return t[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+
+    img = image.float()
+    ip = F.pad(img, [pad] * 4, mode="replicate")
+    samples = [img] * len(dilations) + [neighbour(ip, dy, dx) for dy, dx in offsets]
+    sigma = torch.stack(samples, 2).std(2)  # (B, 3, H, W)
+    kappa = torch.stack([-(img - neighbour(ip, dy, dx)).abs() / (1e-8 + 0.1 * sigma) for dy, dx in offsets], 2)
+    alpha = kappa.mean(1).softmax(1)  # (B, P, H, W)
+    m = logits.float()
+    for _ in range(num_iter):
+        mp = F.pad(m, [pad] * 4, mode="replicate")
+        acc = torch.zeros_like(m)
+        for j, (dy, dx) in enumerate(offsets):
+            acc += alpha[:, j : j + 1] * neighbour(mp, dy, dx)
+        m = acc
+    return m.to(logits.dtype)
 
 
 @dataclass
@@ -229,6 +281,8 @@ class ZeroShotSegConfig:
     gaussian_std: float = 5.0
     ignore_index: int = 255
     window_batch: int = 16
+    pamr_steps: int = 0  # > 0: PAMR refinement (NACLIP's released numbers: 10)
+    pamr_dilations: tuple[int, ...] = (8, 16)
 
     def has_background(self) -> bool:
         if self.background is not None:
@@ -267,7 +321,11 @@ def evaluate_zeroshot_seg(
         gt = torch.as_tensor(s["seg"])
         img = resize_short_side(s["image"][None].to(device).float(), cfg.short_side)
         logits = slide_inference(fn, img, text.shape[0], cfg.crop, cfg.stride, cfg.window_batch)
-        logits = F.interpolate(logits, size=gt.shape[-2:], mode="bilinear", align_corners=False)[0]
+        logits = F.interpolate(logits, size=gt.shape[-2:], mode="bilinear", align_corners=False)
+        if cfg.pamr_steps > 0:
+            guide = F.interpolate(img, size=gt.shape[-2:], mode="bilinear", align_corners=False)
+            logits = pamr(guide, logits, cfg.pamr_steps, cfg.pamr_dilations)
+        logits = logits[0]
         _, pred = postprocess(logits, qidx, c, cfg.logit_scale, cfg.prob_thd, cfg.area_thd, bg)
         m = conf.update(pred.cpu(), gt)
         iou = SegConfusion.iou_from(m)
@@ -282,6 +340,8 @@ def evaluate_zeroshot_seg(
             on_image(rows[-1])
     r = conf.compute()
     names = [cl[0] for cl in classes]
+    if bg:  # SCLIP's lists spell the background class as its stuff synonyms ("sky, wall, ..."); report its role
+        names[0] = "background"
     return {
         "mIoU": r["mIoU"], "aAcc": r["aAcc"], "mAcc": r["mAcc"], "images": len(rows), "pixels": r["pixels"],
         "per_class": [{"class": n, "IoU": a, "Acc": b} for n, a, b in zip(names, r["IoU"], r["Acc"])],
