@@ -15,6 +15,7 @@ from lastvit.checkpoints.formats import convert
 from lastvit.checkpoints.options import LoadOptions, arch_config
 from lastvit.checkpoints.read import first_nonfinite, load_raw
 from lastvit.checkpoints.records import (
+    GUESS_PREFIXES,
     ArchitectureGuessWarning,
     CheckpointError,
     ConvertedCheckpoint,
@@ -26,8 +27,7 @@ __all__ = ["read_checkpoint", "load_checkpoint", "build_from_checkpoint", "build
 
 # Architecture keys the weights determine; a model name may not change them (only heads / image size).
 _NAME_KEYS = ("img_size", "num_heads")
-_GUESS_HEADS = "num_heads is not stored"
-_GUESS_TEXT_HEADS = "CLIP text heads are not stored"
+_GUESS_HEADS, _GUESS_TEXT_HEADS = GUESS_PREFIXES
 
 
 def read_checkpoint(

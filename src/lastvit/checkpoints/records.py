@@ -18,6 +18,10 @@ __all__ = [
 ]
 
 
+#: how the notes of a guessed architecture fact begin (``ConvertedCheckpoint.guesses``)
+GUESS_PREFIXES = ("num_heads is not stored", "CLIP text heads are not stored")
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, is not a checkpoint, or does not fit the model (one line)."""
 
@@ -73,6 +77,10 @@ class ConvertedCheckpoint:
     unsupported: list[str] = field(default_factory=list)
     extra: dict[str, Any] | None = None
     model_class: str | None = None
+
+    def guesses(self) -> list[str]:
+        """The architecture guesses still standing (a head count that nothing supplied), one line each."""
+        return [n for n in self.notes if n.startswith(GUESS_PREFIXES)]
 
     def skip(self, group: str, keys: list[str] | str) -> None:
         """Record recognised keys that are not loaded into a LastViT."""

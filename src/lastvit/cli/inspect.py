@@ -58,7 +58,10 @@ def _fmt_arch(arch: dict[str, Any]) -> str:
 
 
 def _guesses(notes: list[str]) -> list[str]:
-    return [n for n in notes if n.startswith(("num_heads is not stored", "CLIP text heads are not stored"))]
+    """The architecture-guess lines among ``notes`` (``ConvertedCheckpoint.guesses()`` for a checkpoint)."""
+    from lastvit.checkpoints.records import GUESS_PREFIXES
+
+    return [n for n in notes if n.startswith(GUESS_PREFIXES)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", ArchitectureGuessWarning)  # printed below as "guess:" lines instead
         model = build_from_converted(ckpt, opts)
     report = model.load_report
-    guesses = _guesses(ckpt.notes)
+    guesses = ckpt.guesses()
     if args.json:
         out = ckpt.summary()
         out["arch"] = getattr(model, "arch", out["arch"])
