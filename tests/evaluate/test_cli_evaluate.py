@@ -137,7 +137,7 @@ def test_zeroshot_seg_cli_voc21(voc, tmp_path):
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     pc = _read_csv(out / "per_class.csv")
-    assert len(pc) == 21 and pc[0]["class"] == "sky" and pc[8]["class"] == "cat"
+    assert len(pc) == 21 and pc[0]["class"] == "background" and pc[8]["class"] == "cat"  # issue 17.6: not "sky"
     assert m["images"] == 1 and m["effective"]["logit_scale"] == 65.0 and m["effective"]["variant"] == "naclip"
     assert m["pixels"] == 40 * 56 - 24  # the 24 boundary (255) pixels are ignored
 

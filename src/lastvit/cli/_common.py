@@ -33,6 +33,13 @@ def add_model_args(parser: argparse.ArgumentParser, *, aggregator: bool = True) 
     return g
 
 
+def _guesses(conv: Any) -> list[str]:
+    """The architecture guesses recorded in a converted checkpoint's notes."""
+    if callable(getattr(conv, "guesses", None)):
+        return list(conv.guesses())
+    return [n for n in conv.notes if n.startswith(("num_heads is not stored", "CLIP text heads are not stored"))]
+
+
 def load_model(args: argparse.Namespace, *, need_clip: bool = False, image_tower: bool = True,
                aggregator_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model of parsed :func:`add_model_args` options (eval mode, on CPU) and its load report.
@@ -43,7 +50,7 @@ def load_model(args: argparse.Namespace, *, need_clip: bool = False, image_tower
     records: training step, data settings ...)}``; for a random-init ``--model``: ``{"checkpoint": None, "model",
     "random_init": True}``. Errors are one line (``CheckpointError``, ``FileNotFoundError``, ``ValueError``).
     """
-    from lastvit.cli.inspect import _guesses, load_options
+    from lastvit.cli.inspect import load_options
 
     agg = getattr(args, "aggregator", None)
     if args.checkpoint:
@@ -60,9 +67,6 @@ def load_model(args: argparse.Namespace, *, need_clip: bool = False, image_tower
             fields["aggregator_kwargs"] = dict(aggregator_kwargs)
         opts = load_options(args, **fields)
         conv = read_checkpoint(args.checkpoint, opts.format, options=opts)
-        if need_clip and conv.clip is None:
-            raise ValueError(f"{args.checkpoint}: this needs a whole-CLIP checkpoint (image and text towers); "
-                             f"the file ({conv.format}) has an image tower only")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ArchitectureGuessWarning)
             model = build_from_converted(conv, opts)
@@ -76,7 +80,7 @@ def load_model(args: argparse.Namespace, *, need_clip: bool = False, image_tower
             "checkpoint": os.fspath(args.checkpoint),
             "format": conv.format,
             "load": rep.to_dict() if hasattr(rep, "to_dict") else (str(rep) if rep is not None else None),
-            "guesses": _guesses(list(conv.notes)),
+            "guesses": _guesses(conv),
             "options": {k: v for k, v in vars(opts).items() if k not in ("verbose",)},
             "extra": conv.extra if isinstance(conv.extra, dict) else None,
         }

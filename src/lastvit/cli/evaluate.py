@@ -1,17 +1,14 @@
 """``lastvit evaluate``: downstream evaluations of a checkpoint.
 
 ``lastvit evaluate zeroshot-seg | coarse-seg | discovery | classify --checkpoint CKPT --dataset D --root DIR
---out DIR [...]``. Each writes ``metrics.json`` (config echoed) plus per-class / per-image CSV files into ``--out``.
-See docs/evaluate.md.
+--out DIR [...]``. Each writes ``metrics.json`` (strict JSON: the config echoed, the model's load report, the
+evaluation transform and where it came from) plus per-class / per-image CSV files into ``--out``. This module
+only parses arguments and calls :mod:`lastvit.evaluate`; see docs/evaluate.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -19,102 +16,20 @@ from typing import Any
 
 import torch
 
-from lastvit.io import atomic_write
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from lastvit.cli._common import add_model_args, load_model
+from lastvit.io import write_csv, write_json
 
 
-# ---------------------------------------------------------------------------------------------- output helpers
-def _atomic_write(path: str, text: str) -> None:
-    atomic_write(path, text)
+# ---------------------------------------------------------------------------------------------- helpers
+def _stats(args: argparse.Namespace, model: Any, extra: dict | None) -> tuple[tuple, tuple, str]:
+    """--mean/--std, else :func:`lastvit.data.default_normalisation` (checkpoint, synthetic tree, model family)."""
+    from lastvit.data.transforms import default_normalisation
 
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-def _write_json(path: str, obj: dict) -> None:
-    _atomic_write(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    _atomic_write(path, buf.getvalue())
-
-
-# ---------------------------------------------------------------------------------------------- model / data
-def _load_model(args: argparse.Namespace, need_clip: bool = False) -> torch.nn.Module:
-    from lastvit.factory import create_model
-
-    kw: dict[str, Any] = {}
-    if getattr(args, "aggregator", None):
-        kw["aggregator"] = args.aggregator
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
-        model = create_model(args.model, checkpoint=args.checkpoint, **kw)
-    elif args.model and not need_clip:
-        model = create_model(args.model, **kw)
-    else:
-        raise ValueError("give --checkpoint" + ("" if need_clip else " (or --model for a random-init model)"))
-    if need_clip:
-        if not (hasattr(model, "encode_text") and hasattr(model, "visual")):
-            raise ValueError(f"{args.checkpoint}: zero-shot segmentation needs a whole-CLIP checkpoint "
-                             f"(image and text towers); got a {type(model).__name__}")
-        return model.eval()
-    if not hasattr(model, "forward_tokens"):
-        vis = getattr(model, "visual", None)
-        if vis is None or not hasattr(vis, "forward_tokens"):
-            raise ValueError(f"{args.checkpoint}: the model has no LastViT image tower")
-        model = vis
-    return model.eval()
-
-
-def _synthetic_stats(root: str | None) -> tuple[tuple, tuple] | None:
-    """The normalisation a synthetic tree was made for (its metrics.json, else SyntheticConfig's defaults), or None
-    when ``root`` is not a synthetic tree (models trained on the synthetic benchmark use these, not ImageNet's)."""
-    from lastvit.data.synthetic import SyntheticConfig
-
-    if not root or not (os.path.isfile(os.path.join(root, "seg_classes.txt"))
-                        or os.path.isdir(os.path.join(root, "Masks"))):
-        return None
-    cfg = SyntheticConfig()
-    mean, std = cfg.mean, cfg.std
-    meta = os.path.join(root, "metrics.json")
-    if os.path.isfile(meta):
-        try:
-            with open(meta, encoding="utf-8") as f:
-                c = json.load(f).get("config", {})
-            mean, std = tuple(c.get("mean", mean)), tuple(c.get("std", std))
-        except (OSError, ValueError):
-            pass
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-
-
-def _stats(args: argparse.Namespace, is_clip: bool) -> tuple[tuple, tuple]:
-    """--mean/--std, else a synthetic tree's own normalisation, else the model family's (CLIP or ImageNet)."""
-    from lastvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    syn = _synthetic_stats(getattr(args, "root", None))
-    if syn is not None:
-        default = syn
-    else:
-        default = (CLIP_MEAN, CLIP_STD) if is_clip else (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
-    mean = tuple(args.mean) if args.mean else default[0]
-    std = tuple(args.std) if args.std else default[1]
-    return mean, std
+    norm = default_normalisation(model, getattr(args, "root", None), extra=extra)
+    mean = tuple(args.mean) if args.mean else norm.mean
+    std = tuple(args.std) if args.std else norm.std
+    source = "user" if (args.mean or args.std) else norm.source
+    return mean, std, source
 
 
 def _dataset(name: str, root: str, split: str | None, *, image_size: int | None, resize: int | None,
@@ -155,14 +70,35 @@ def _config(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
+def _templates(spec: str) -> list[str] | None:
+    """``imagenet`` (None: the evaluator's default, the 80 CLIP templates), ``plain`` (the bare class name), a
+    shipped template-list name, or a file of ``{}`` lines."""
+    from lastvit.evaluate.zeroshot import load_templates
+
+    if spec == "imagenet":
+        return None
+    if spec == "plain":
+        return ["{}"]
+    if not os.path.isfile(spec):
+        try:
+            return load_templates(spec)
+        except (FileNotFoundError, OSError):
+            raise FileNotFoundError(f"{spec}: no such template file (or shipped template list)") from None
+    with open(spec, encoding="utf-8") as f:
+        templates = [ln.rstrip("\n") for ln in f if ln.strip()]
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"{spec}: every template line needs a '{{}}' placeholder")
+    return templates
+
+
 # ---------------------------------------------------------------------------------------------- commands
 def _run_zeroshot(args: argparse.Namespace) -> int:
-    from lastvit.evaluate.presets import SEG_PRESETS, remap_labels
+    from lastvit.evaluate.presets import SEG_PRESETS, remap_labels, seg_preset
     from lastvit.evaluate.zeroshot_seg import ZeroShotSegConfig, evaluate_zeroshot_seg
 
-    clip = _load_model(args, need_clip=True)
+    clip, report = load_model(args, need_clip=True)
     if args.dataset in SEG_PRESETS:
-        pre = SEG_PRESETS[args.dataset]
+        pre = seg_preset(args.dataset, args.root, args.split)
     elif args.dataset == "seg":
         if not args.classnames:
             raise ValueError("--dataset seg needs --classnames (a shipped list name or a file)")
@@ -175,6 +111,11 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         v = getattr(args, key)
         if v is not None:
             opts[key] = v
+    cfg_kw: dict[str, Any] = {}
+    if "pamr_steps" in ZeroShotSegConfig.__dataclass_fields__:
+        cfg_kw["pamr_steps"] = args.pamr_steps if args.pamr_steps is not None else pre.get("pamr_steps", 0)
+    elif args.pamr_steps:
+        raise ValueError("--pamr-steps: PAMR refinement is not available in this build")
     cfg = ZeroShotSegConfig(
         classnames=args.classnames or pre["classnames"],
         variant=args.variant,
@@ -186,8 +127,9 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         synonyms=args.synonyms,
         background=args.background if args.background is not None else pre["background"],
         gaussian_std=args.gaussian_std,
+        **cfg_kw,
     )
-    mean, std = _stats(args, True)
+    mean, std, nsrc = _stats(args, clip, report.get("extra"))
     ds = _dataset(pre["reader"], args.root, args.split or pre["split"], image_size=None, resize=None,
                   mean=mean, std=std, limit=args.limit, **opts)
 
@@ -197,26 +139,18 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
             s["seg"] = remap_labels(torch.as_tensor(s["seg"]), pre["label"])
             yield s
 
-    templates = None
-    if args.templates == "plain":
-        templates = ["{}"]
-    elif args.templates != "imagenet":
-        if not os.path.isfile(args.templates):
-            raise FileNotFoundError(f"{args.templates}: no such template file")
-        with open(args.templates, encoding="utf-8") as f:
-            templates = [ln.rstrip("\n") for ln in f if ln.strip()]
-        if not templates or any("{}" not in t for t in templates):
-            raise ValueError(f"{args.templates}: every template line needs a '{{}}' placeholder")
+    templates = _templates(args.templates)
     t0 = time.perf_counter()
     res = evaluate_zeroshot_seg(clip, samples(), cfg, device=args.device, templates=templates)
     secs = time.perf_counter() - t0
     out = args.out
-    _write_csv(os.path.join(out, "per_class.csv"), res["per_class"])
-    _write_csv(os.path.join(out, "per_image.csv"), res["per_image"])
+    write_csv(os.path.join(out, "per_class.csv"), res["per_class"])
+    write_csv(os.path.join(out, "per_image.csv"), res["per_image"])
     metrics = {k: v for k, v in res.items() if k not in ("per_image",)}
     metrics.update(seconds=secs, skipped=_skipped(ds), effective=cfg.__dict__, config=_config(args),
-                   normalisation={"mean": list(mean), "std": list(std)})
-    _write_json(os.path.join(out, "metrics.json"), metrics)
+                   normalisation={"mean": list(mean), "std": list(std)}, normalisation_source=nsrc,
+                   load_report=report)
+    write_json(os.path.join(out, "metrics.json"), metrics)
     print(f"zeroshot-seg {args.dataset} ({cfg.variant}): mIoU {res['mIoU']:.2f} over {res['images']} images "
           f"-> {out}")
     return 0
@@ -225,31 +159,43 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
 def _run_coarse(args: argparse.Namespace) -> int:
     from lastvit.evaluate.coarse_seg import evaluate_coarse_seg
 
-    model = _load_model(args)
-    mean, std = _stats(args, getattr(model, "head_type", "") == "proj")
+    model, report = load_model(args)
+    mean, std, nsrc = _stats(args, model, report.get("extra"))
     opts: dict[str, Any] = {}
     if args.dataset == "voc":
         opts = {"imageset": "Segmentation", "load_seg": True}
+    elif args.dataset == "seg":
+        for key in ("img_dir", "ann_dir", "split_file", "img_suffix", "seg_suffix"):
+            v = getattr(args, key)
+            if v is not None:
+                opts[key] = v
+    else:
+        given = [f"--{k.replace('_', '-')}" for k in ("img_dir", "ann_dir", "split_file", "img_suffix", "seg_suffix")
+                 if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to --dataset seg only")
     ds = _dataset(args.dataset, args.root, args.split, image_size=args.image_size, resize=args.resize,
                   mean=mean, std=std, limit=args.limit, **opts)
     t0 = time.perf_counter()
     res = evaluate_coarse_seg(model, _iterate(ds, args, "coarse-seg"), rule=args.rule, mass=args.mass,
                               device=args.device, ignore_boundary=not args.count_boundary)
     secs = time.perf_counter() - t0
-    _write_csv(os.path.join(args.out, "per_image.csv"), res["per_image"])
+    write_csv(os.path.join(args.out, "per_image.csv"), res["per_image"])
     metrics = {k: v for k, v in res.items() if k != "per_image"}
     metrics.update(seconds=secs, skipped=_skipped(ds), config=_config(args),
-                   normalisation={"mean": list(mean), "std": list(std)})
-    _write_json(os.path.join(args.out, "metrics.json"), metrics)
-    print(f"coarse-seg {args.dataset}: Jaccard {res['jaccard']:.2f} over {res['images']} images -> {args.out}")
+                   normalisation={"mean": list(mean), "std": list(std)}, normalisation_source=nsrc,
+                   load_report=report)
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(f"coarse-seg {args.dataset}: Jaccard per image {res['jaccard']:.2f}, per object "
+          f"{res['jaccard_per_object']:.2f} ({res['objects']} objects) over {res['images']} images -> {args.out}")
     return 0
 
 
 def _run_discovery(args: argparse.Namespace) -> int:
     from lastvit.evaluate.discovery import discover
 
-    model = _load_model(args)
-    mean, std = _stats(args, getattr(model, "head_type", "") == "proj")
+    model, report = load_model(args)
+    mean, std, nsrc = _stats(args, model, report.get("extra"))
     opts: dict[str, Any] = {}
     if args.image_list:
         if args.dataset != "coco":
@@ -275,67 +221,48 @@ def _run_discovery(args: argparse.Namespace) -> int:
             row[f"{m}_box"] = " ".join(f"{v:.1f}" for v in r.boxes[i])
             row[f"{m}_hit"] = int(r.hits[i])
         rows.append(row)
-    _write_csv(os.path.join(args.out, "per_image.csv"), rows)
+    write_csv(os.path.join(args.out, "per_image.csv"), rows)
     metrics = {"methods": {m: {"corloc": r.corloc, "images": len(r.hits), "images_per_s": r.images_per_s,
                                "seconds": r.seconds} for m, r in res.items()},
                "skipped": _skipped(ds), "device": str(args.device), "config": _config(args),
-               "normalisation": {"mean": list(mean), "std": list(std)}}
-    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+               "normalisation": {"mean": list(mean), "std": list(std)}, "normalisation_source": nsrc,
+               "load_report": report}
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
     summary = ", ".join(f"{m} CorLoc {r.corloc:.2f} ({r.images_per_s:.1f} img/s)" for m, r in res.items())
     print(f"discovery {args.dataset}: {summary} -> {args.out}")
     return 0
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from lastvit.data import collate
-    from lastvit.evaluate.classify import evaluate_head
-    from lastvit.evaluate.probe import extract_features, knn_accuracy, linear_probe
+    from lastvit.data.transforms import eval_settings
+    from lastvit.evaluate.classify import MODES, classification
 
-    model = _load_model(args)
-    mean, std = _stats(args, getattr(model, "head_type", "") == "proj")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = set(modes) - {"head", "knn", "linear"}
+    bad = sorted(set(modes) - set(MODES))
     if bad:
-        raise ValueError(f"unknown --modes {sorted(bad)}; choose from head, knn, linear")
-    ds = _dataset(args.dataset, args.root, args.split, image_size=args.image_size, resize=args.resize,
-                  mean=mean, std=std, limit=args.limit)
-
-    def loader(d):
-        dl = torch.utils.data.DataLoader(d, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
-                                         collate_fn=lambda b: collate([s for s in b if s is not None]))
-        if args.no_progress:
-            return dl
-        from tqdm.auto import tqdm
-
-        return tqdm(dl, desc="classify", unit="batch")
-
-    metrics: dict[str, Any] = {"config": _config(args), "skipped": _skipped(ds),
-                               "normalisation": {"mean": list(mean), "std": list(std)}}
-    rows: list[dict] = []
-    if "head" in modes:
-        if getattr(model, "head_type", "linear") != "linear" or getattr(model, "num_classes", 0) <= 0:
-            raise ValueError(f"{args.checkpoint}: the model has no classification head; use --modes knn,linear")
-        r = evaluate_head(model, loader(ds), device=args.device)
-        metrics["head"] = {k: v for k, v in r.items() if k != "per_class_top1"}
-        rows = [{"label": y, "top1": a} for y, a in r["per_class_top1"].items()]
+        raise ValueError(f"unknown --modes {bad}; choose from {', '.join(MODES)}")
+    if ("knn" in modes or "linear" in modes) and not args.train_root and not args.train_split:
+        raise ValueError("knn / linear probes need training features: give --train-root and/or --train-split")
+    model, report = load_model(args)
+    ev = eval_settings(model, args.dataset, args.root, extra=report.get("extra"), image_size=args.image_size,
+                       resize=args.resize, mean=args.mean, std=args.std)
+    ds = _dataset(args.dataset, args.root, args.split, image_size=ev.image_size, resize=ev.resize,
+                  mean=ev.mean, std=ev.std, limit=args.limit)
+    tr = None
     if "knn" in modes or "linear" in modes:
-        if not args.train_root and not args.train_split:
-            raise ValueError("knn / linear probes need training features: give --train-root and/or --train-split")
-        tr = _dataset(args.dataset, args.train_root or args.root, args.train_split, image_size=args.image_size,
-                      resize=args.resize, mean=mean, std=std, limit=args.train_limit)
-        ftr, ytr = extract_features(model, loader(tr), args.device)
-        fte, yte = extract_features(model, loader(ds), args.device)
-        nc = int(max(ytr.max(), yte.max())) + 1
-        if "knn" in modes:
-            metrics["knn"] = {"top1": knn_accuracy(ftr, ytr, fte, yte, k=args.knn_k, T=args.knn_t, num_classes=nc),
-                              "k": args.knn_k, "T": args.knn_t}
-        if "linear" in modes:
-            metrics["linear"] = {"top1": linear_probe(ftr, ytr, fte, yte, epochs=args.epochs, lr=args.lr, wd=args.wd,
-                                                      num_classes=nc),
-                                 "epochs": args.epochs, "lr": args.lr, "wd": args.wd}
-        metrics["train_images"], metrics["test_images"] = int(len(ytr)), int(len(yte))
-    _write_csv(os.path.join(args.out, "per_class.csv"), rows)
-    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+        tr = _dataset(args.dataset, args.train_root or args.root, args.train_split, image_size=ev.image_size,
+                      resize=ev.resize, mean=ev.mean, std=ev.std, limit=args.train_limit)
+    res = classification(model, ds, tr, modes, batch_size=args.batch_size, num_workers=args.num_workers,
+                         device=args.device, knn_k=args.knn_k, knn_t=args.knn_t, epochs=args.epochs, lr=args.lr,
+                         wd=args.wd, progress=not args.no_progress)
+    rows = res.pop("per_class", [])
+    metrics: dict[str, Any] = {"config": _config(args), **res, "skipped": _skipped(ds),
+                               "normalisation": {"mean": list(ev.mean), "std": list(ev.std)},
+                               "eval_transform": ev.to_dict(), "load_report": report}
+    if tr is not None:
+        metrics["train_skipped"] = _skipped(tr)
+    write_csv(os.path.join(args.out, "per_class.csv"), rows)
+    write_json(os.path.join(args.out, "metrics.json"), metrics)
     parts = []
     if "head" in metrics:
         parts.append(f"head top1 {metrics['head']['top1']:.2f} top5 {metrics['head']['top5']:.2f}")
@@ -343,23 +270,22 @@ def _run_classify(args: argparse.Namespace) -> int:
         parts.append(f"kNN top1 {metrics['knn']['top1']:.2f}")
     if "linear" in metrics:
         parts.append(f"linear top1 {metrics['linear']['top1']:.2f}")
-    print(f"classify {args.dataset}: {', '.join(parts)} -> {args.out}")
+    print(f"classify {args.dataset}: {', '.join(parts)} (Resize {ev.resize}, CenterCrop {ev.image_size}: "
+          f"{ev.sources['image_size']}) -> {args.out}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- parser
 def _common(p: argparse.ArgumentParser, dataset_help: str) -> None:
-    m = p.add_argument_group("model")
-    m.add_argument("--checkpoint", help="model file (any format lastvit reads)")
-    m.add_argument("--model", help="architecture name (with --checkpoint: override; alone: random init)")
-    m.add_argument("--aggregator", help="override the readout (lazystrike, cls, mean, max, attn)")
+    add_model_args(p)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", required=True, help=dataset_help)
     d.add_argument("--root", required=True, help="dataset root directory")
     d.add_argument("--split", default=None, help="dataset split (default: the reader's / preset's)")
     d.add_argument("--limit", type=int, default=None, help="first N images only")
     d.add_argument("--mean", type=float, nargs=3, default=None,
-                   help="normalisation mean (default: a synthetic tree's own, else by model)")
+                   help="normalisation mean (default: the checkpoint's, else a synthetic tree's own, else by "
+                        "model: CLIP or ImageNet)")
     d.add_argument("--std", type=float, nargs=3, default=None, help="normalisation std (default: as --mean)")
     r = p.add_argument_group("run")
     r.add_argument("--out", required=True, help="output directory")
@@ -394,11 +320,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--img-dir"), o.add_argument("--ann-dir"), o.add_argument("--split-file")
     o.add_argument("--img-suffix"), o.add_argument("--seg-suffix")
     o.add_argument("--reduce-zero-label", action="store_true", help="--dataset seg: 0 -> ignore, c -> c-1")
+    o.add_argument("--pamr-steps", type=int, default=None, help="PAMR refinement steps (0: off; default: preset's)")
     z.set_defaults(func=_run_zeroshot)
 
-    c = sub.add_parser("coarse-seg", help="foreground Jaccard of thresholded patch-score maps (VOC12 val)")
-    _common(c, "voc (VOC2012 with SegmentationClass) | seg | synthetic (its foreground masks)")
+    c = sub.add_parser("coarse-seg", help="foreground Jaccard of thresholded patch-score maps (VOC12 val)",
+                       description="Coarse segmentation (paper Table 6): both candidate protocols, per-image and "
+                                   "per-object Jaccard, are reported (docs/evaluate.md).")
+    _common(c, "voc (VOC2012 with SegmentationClass) | seg (--img-dir / --ann-dir) | synthetic (its foreground masks)")
     o = c.add_argument_group("coarse-seg options")
+    o.add_argument("--img-dir", help="--dataset seg: image folder under --root")
+    o.add_argument("--ann-dir", help="--dataset seg: label-map folder under --root (0 background, 255 ignore)")
+    o.add_argument("--split-file", help="--dataset seg: file listing the image ids")
+    o.add_argument("--img-suffix", help="--dataset seg: image file suffix (default .jpg)")
+    o.add_argument("--seg-suffix", help="--dataset seg: label-map file suffix (default .png)")
     o.add_argument("--rule", default="mass", choices=("mass", "mean", "mean_std"))
     o.add_argument("--mass", type=float, default=0.6)
     o.add_argument("--image-size", type=int, default=None, help="center-crop size (default: native image)")
@@ -424,8 +358,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(k, "imagenet | imagefolder | synthetic")
     o = k.add_argument_group("classification options")
     o.add_argument("--modes", default="head", help="comma list of head, knn, linear")
-    o.add_argument("--image-size", type=int, default=224)
-    o.add_argument("--resize", type=int, default=256)
+    o.add_argument("--image-size", type=int, default=None,
+                   help="center-crop size (default: the checkpoint's recorded size, else the model's img_size)")
+    o.add_argument("--resize", type=int, default=None,
+                   help="short-side resize before the crop (default: the checkpoint's, else image-size / 0.875; "
+                        "synthetic: image-size)")
     o.add_argument("--batch-size", type=int, default=64)
     o.add_argument("--train-root", help="training set root for kNN / linear probe (default: --root)")
     o.add_argument("--train-split", help="training split for kNN / linear probe")

@@ -31,6 +31,8 @@ from lastvit.data.transforms import (
     Normalize,
     RandomResizedCrop,
     Resize,
+    default_normalisation,
+    eval_settings,
     eval_transform,
 )
 
@@ -85,6 +87,8 @@ __all__ = [
     "RandomResizedCrop",
     "Resize",
     "build_eval_dataset",
+    "default_normalisation",
+    "eval_settings",
     "eval_transform",
     "load_rgb",
     "parse_ilsvrc_xml",

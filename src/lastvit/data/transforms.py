@@ -14,9 +14,12 @@ with 255) when the image is smaller than the crop.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +37,14 @@ __all__ = [
     "RandomResizedCrop",
     "HorizontalFlip",
     "Normalize",
+    "DEFAULT_CROP_PCT",
+    "EvalSettings",
+    "Normalisation",
     "clip_boxes",
+    "default_normalisation",
+    "eval_settings",
     "eval_transform",
+    "synthetic_tree_stats",
 ]
 
 PER_BOX_KEYS = ("difficult", "box_labels", "truncated")
@@ -263,3 +272,154 @@ def eval_transform(image_size: int | None = 224, resize: int | None = 256,
         ts += [Resize(resize or image_size), CenterCrop(image_size)]
     ts.append(Normalize(mean, std))
     return Compose(ts)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation policy
+#: crop ratio (CenterCrop size / Resize size) assumed when a checkpoint does not record one: 224 / 256, the
+#: ImageNet evaluation of the LaSt-ViT release, DeiT and timm (``crop_pct=0.875``)
+DEFAULT_CROP_PCT = 0.875
+
+
+class Normalisation(NamedTuple):
+    """``(mean, std, source)``: per-channel statistics and where they came from."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+
+
+def _recorded_data(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The data settings a lastvit checkpoint's ``extra`` records (``extra["data"]`` or ``extra["eval"]``, either
+    a dict with ``image_size`` / ``img_size``, ``crop_pct``, ``resize``, ``mean``, ``std``)."""
+    if not isinstance(extra, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("data", "eval"):
+        d = extra.get(key)
+        if isinstance(d, Mapping):
+            out.update({k: v for k, v in d.items() if v is not None})
+    if "img_size" in out and "image_size" not in out:
+        out["image_size"] = out["img_size"]
+    return out
+
+
+def _is_synthetic_tree(root: str | os.PathLike | None) -> bool:
+    return bool(root) and (os.path.isfile(os.path.join(root, "seg_classes.txt"))
+                           or os.path.isdir(os.path.join(root, "Masks")))
+
+
+def synthetic_tree_stats(root: str | os.PathLike | None) -> tuple[tuple, tuple] | None:
+    """The normalisation a synthetic tree (``lastvit data synth``) was written for: its ``metrics.json`` config,
+    else ``SyntheticConfig``'s defaults; None when ``root`` is not a synthetic tree."""
+    if not _is_synthetic_tree(root):
+        return None
+    from lastvit.data.synthetic import SyntheticConfig
+
+    cfg = SyntheticConfig()
+    mean, std = cfg.mean, cfg.std
+    meta = os.path.join(root, "metrics.json")
+    if os.path.isfile(meta):
+        try:
+            with open(meta, encoding="utf-8") as f:
+                c = json.load(f).get("config", {})
+            mean, std = tuple(c.get("mean", mean)), tuple(c.get("std", std))
+        except (OSError, ValueError, AttributeError):
+            pass
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _is_clip_like(model: Any) -> bool:
+    if model is None:
+        return False
+    if hasattr(model, "encode_text"):
+        return True
+    return getattr(model, "head_type", "") == "proj"
+
+
+def default_normalisation(model: Any = None, root: str | os.PathLike | None = None, *,
+                          extra: Mapping[str, Any] | None = None) -> Normalisation:
+    """The normalisation to evaluate ``model`` on the dataset at ``root`` with, and why.
+
+    In order: the mean/std the checkpoint records (``extra["data"]``, see :func:`eval_settings`); a synthetic
+    tree's own statistics (models of the synthetic benchmark train with them, not ImageNet's); CLIP's statistics
+    for a CLIP model or image tower (a ``"proj"`` head); ImageNet's otherwise.
+    """
+    rec = _recorded_data(extra if extra is not None else getattr(model, "checkpoint_extra", None))
+    if "mean" in rec and "std" in rec:
+        return Normalisation(tuple(float(m) for m in rec["mean"]), tuple(float(s) for s in rec["std"]),
+                             "checkpoint")
+    syn = synthetic_tree_stats(root)
+    if syn is not None:
+        return Normalisation(syn[0], syn[1], "synthetic tree")
+    if _is_clip_like(model):
+        return Normalisation(CLIP_MEAN, CLIP_STD, "CLIP (model has a CLIP projection head)")
+    return Normalisation(IMAGENET_MEAN, IMAGENET_STD, "ImageNet (default)")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The evaluation transform Resize(``resize``) + CenterCrop(``image_size``) + Normalize(``mean``, ``std``) and
+    where each value came from (``sources``: ``"user"``, ``"checkpoint"``, ``"model"`` (its ``img_size``),
+    ``"crop_pct 0.875"``, ``"synthetic tree"`` ...)."""
+
+    image_size: int | None
+    resize: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    sources: dict[str, str]
+
+    def transform(self) -> Compose:
+        return eval_transform(self.image_size, self.resize, self.mean, self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "resize": self.resize, "mean": list(self.mean),
+                "std": list(self.std), "sources": dict(self.sources)}
+
+
+def eval_settings(model: Any = None, dataset: str | None = None, root: str | os.PathLike | None = None, *,
+                  extra: Mapping[str, Any] | None = None, image_size: int | None = None, resize: int | None = None,
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> EvalSettings:
+    """The classification evaluation transform of ``model``: what the user gives, else what the checkpoint
+    records, else derived from the model.
+
+    * ``image_size``: the user's; else the checkpoint's ``extra["data"]["image_size"]``; else the model's
+      training resolution ``model.arch["img_size"]`` (the size its position embedding was trained at).
+    * ``resize`` (short side before the centre crop): the user's; else the checkpoint's ``resize``, or
+      ``floor(image_size / crop_pct)`` with its ``crop_pct``; else for ``dataset == "synthetic"`` the image size
+      itself (synthetic images are rendered at the training size and shown whole in training); else
+      ``floor(image_size / 0.875)`` (224 -> 256, timm's rule with the ImageNet default crop ratio).
+    * ``mean`` / ``std``: the user's, else :func:`default_normalisation`.
+    """
+    rec = _recorded_data(extra if extra is not None else getattr(model, "checkpoint_extra", None))
+    src: dict[str, str] = {}
+    if image_size is not None:
+        size, src["image_size"] = int(image_size), "user"
+    elif rec.get("image_size"):
+        size, src["image_size"] = int(rec["image_size"]), "checkpoint"
+    else:
+        arch = getattr(model, "arch", None) or getattr(getattr(model, "visual", None), "arch", None) or {}
+        img = arch.get("img_size") if isinstance(arch, Mapping) else None
+        if isinstance(img, (list, tuple)):
+            img = img[0]
+        size, src["image_size"] = (int(img), "model img_size") if img else (224, "default 224")
+    if resize is not None:
+        rs, src["resize"] = int(resize), "user"
+    elif rec.get("resize"):
+        rs, src["resize"] = int(rec["resize"]), "checkpoint"
+    elif rec.get("crop_pct"):
+        pct = float(rec["crop_pct"])
+        rs, src["resize"] = math.floor(size / pct + 1e-9), f"checkpoint crop_pct {pct:g}"
+    elif dataset == "synthetic":
+        rs, src["resize"] = size, "synthetic: whole image (crop_pct 1)"
+    else:
+        rs, src["resize"] = math.floor(size / DEFAULT_CROP_PCT + 1e-9), f"default crop_pct {DEFAULT_CROP_PCT:g}"
+    norm = default_normalisation(model, root, extra=extra)
+    if mean is not None:
+        m, src["mean"] = tuple(float(v) for v in mean), "user"
+    else:
+        m, src["mean"] = norm.mean, norm.source
+    if std is not None:
+        s, src["std"] = tuple(float(v) for v in std), "user"
+    else:
+        s, src["std"] = norm.std, norm.source
+    return EvalSettings(size, rs, m, s, src)

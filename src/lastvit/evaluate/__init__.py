@@ -1,10 +1,13 @@
 """Downstream evaluations: classification probes, zero-shot / coarse segmentation, object discovery.
 
-See docs/evaluate.md for the protocols and ``lastvit evaluate --help`` for the command line.
+Every number a paper table needs is one call: :func:`classification` (head top-1/top-5, kNN, linear probe),
+:func:`coarse_segmentation` (Table 6, both candidate protocols), :func:`zeroshot_segmentation` (training-free
+CLIP segmentation), :func:`discover` (object discovery, CorLoc). ``lastvit evaluate`` only parses arguments and
+calls them. See docs/evaluate.md for the protocols.
 """
 
-from lastvit.evaluate.classify import evaluate_head
-from lastvit.evaluate.coarse_seg import evaluate_coarse_seg, threshold_scores
+from lastvit.evaluate.classify import MODES, classification, evaluate_head
+from lastvit.evaluate.coarse_seg import PROTOCOLS, evaluate_coarse_seg, object_masks, threshold_scores
 from lastvit.evaluate.dense import VARIANTS, dense_features
 from lastvit.evaluate.discovery import (
     DiscoveryResult,
@@ -26,7 +29,18 @@ from lastvit.evaluate.zeroshot_seg import (
     text_queries,
 )
 
+#: Table 6 coarse segmentation (:func:`lastvit.evaluate.coarse_seg.evaluate_coarse_seg`)
+coarse_segmentation = evaluate_coarse_seg
+#: zero-shot semantic segmentation (:func:`lastvit.evaluate.zeroshot_seg.evaluate_zeroshot_seg`)
+zeroshot_segmentation = evaluate_zeroshot_seg
+
 __all__ = [
+    "MODES",
+    "PROTOCOLS",
+    "classification",
+    "coarse_segmentation",
+    "object_masks",
+    "zeroshot_segmentation",
     "DiscoveryResult",
     "SEG_PRESETS",
     "SegConfusion",

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["extract_features", "knn_classify", "knn_accuracy", "linear_probe", "topk_accuracy"]
+__all__ = ["batch_images_labels", "extract_features", "knn_classify", "knn_accuracy", "linear_probe", "topk_accuracy"]
 
 
-def _batch_images_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_images_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels from a dict batch (``lastvit.data.collate``) or an ``(images, labels)`` pair."""
     if isinstance(batch, dict):
         images = batch["image"]
@@ -60,7 +60,9 @@ def extract_features(
 
         it = tqdm(loader, desc="features", leave=False)
     for batch in it:
-        images, y = _batch_images_labels(batch)
+        if isinstance(batch, dict) and not batch:  # every image of the batch failed to decode (counted)
+            continue
+        images, y = batch_images_labels(batch)
         f = _pooled(model, images.to(device, non_blocking=True))
         feats.append(f.float().cpu())
         labels.append(y.cpu())
