@@ -102,3 +102,34 @@ def test_classify_recipes_resolve_for_both_readouts(name, readout):
     assert cfg["model"]["aggregator"] == ("cls" if readout else "lazystrike")
     if readout:
         assert cfg["model"]["aggregator_kwargs"] == {}
+
+
+@pytest.mark.parametrize("readout", [[], ["model.aggregator=cls"]])
+@pytest.mark.parametrize("name,task", [("text_synthetic", "clip"), ("self_synthetic", "dino"),
+                                       ("configs/clip/vit_b16_openai_finetune.yaml", "clip"),
+                                       ("configs/dino/vit_s16_imagenet.yaml", "dino")])
+def test_clip_and_dino_recipes_resolve_for_both_readouts(name, task, readout):
+    cfg = load_config(name, readout)
+    assert cfg["task"] == task and cfg["model"]["aggregator"] == ("cls" if readout else "lazystrike")
+    if readout:
+        assert cfg["model"]["aggregator_kwargs"] == {}
+    else:
+        assert cfg["model"]["aggregator_kwargs"].get("k")
+    assert cfg["data"]["global_batch"] > 0
+
+
+def test_a_cls_recipe_does_not_inherit_the_tasks_default_k():
+    from lastvit.train.dino import DEFAULTS, resolve_config
+
+    assert DEFAULTS["model"]["aggregator_kwargs"]  # the task default carries a K for LazyStrike
+    cfg = resolve_config({"model": {"aggregator": "cls"}})
+    assert cfg["model"]["aggregator_kwargs"] == {}
+    assert resolve_config({"model": {"aggregator": "lazystrike"}})["model"]["aggregator_kwargs"] == \
+        DEFAULTS["model"]["aggregator_kwargs"]
+
+
+def test_no_readout_twin_files():
+    names = [p.stem for p in [*CONFIGS.rglob("*.yaml"), *RECIPE_DIR.glob("*.yaml")]]
+    assert names
+    twins = [n for n in names if n.endswith(("_cls", "_lazystrike"))]
+    assert twins == [], f"readout twins (make the readout an override): {twins}"
