@@ -71,13 +71,14 @@ def voc_xml(w: int, h: int, objects: list[tuple[str, tuple[float, float, float, 
             f"<depth>3</depth></size>{objs}</annotation>")
 
 
-def coco_json(images: list[dict], annotations: list[dict], categories: list[dict] | None, **drop: bool) -> str:
+def coco_json(images: list[dict], annotations: list[dict], categories: list[dict] | None,
+              drop: tuple[str, ...] = ()) -> str:
+    """A COCO instances file; ``categories=None`` leaves the key out, ``drop`` removes top-level keys."""
     d: dict = {"images": images, "annotations": annotations}
     if categories is not None:
         d["categories"] = categories
-    for k, v in drop.items():
-        if v:
-            d.pop(k, None)
+    for k in drop:
+        d.pop(k, None)
     return json.dumps(d)
 
 

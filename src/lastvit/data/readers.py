@@ -277,9 +277,9 @@ class ImageRecords(torch.utils.data.Dataset):
             if self.reduce_zero_label:
                 seg = np.where(seg == 0, 255, seg - 1)
                 seg[seg == 254] = 255
-            if self.classes and not r.get("seg_mask"):  # labels beyond the class list: counted once, kept
-                if ((seg >= len(self.classes)) & (seg != 255)).any():
-                    self._count(self.fixed, index, "segmentation label beyond the class count (kept as is)")
+            # labels beyond the class list: counted once, kept
+            if self.classes and not r.get("seg_mask") and ((seg >= len(self.classes)) & (seg != 255)).any():
+                self._count(self.fixed, index, "segmentation label beyond the class count (kept as is)")
             s["seg"] = torch.from_numpy(seg)
             if r.get("seg_mask"):  # VOC: foreground = object classes 1..20
                 s["mask"] = torch.from_numpy((seg > 0) & (seg != 255))
@@ -619,7 +619,8 @@ def _build_coco(root: Path, split: str | None, opts: dict[str, Any], skipped: Co
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(ann_file))
     except (ValueError, KeyError, TypeError, AssertionError) as e:
-        what = f"missing key {e}" if isinstance(e, KeyError) else (str(e) or "not a JSON object")
+        what = f"missing key {e}" if isinstance(e, KeyError) else \
+            ("not a JSON object" if isinstance(e, AssertionError) else str(e))
         raise DataError(f"{ann_file}: malformed COCO annotation file ({what})") from None
     _check_coco(coco.dataset, ann_file)
     keep_crowd = opts.pop("keep_crowd", False)
