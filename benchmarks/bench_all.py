@@ -109,7 +109,7 @@ def bench_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            float(loss)  # Lightning's progress/logging reads the loss once per step too
+            loss.detach().item()  # Lightning's progress/logging reads the loss once per step too
             ends.append(now())
         return [b - a for a, b in zip(ends[5:], ends[6:], strict=False)]
 
