@@ -27,7 +27,7 @@ from lastvit.evaluate.zeroshot import load_templates, zero_shot_accuracy, zero_s
 from lastvit.models.clip import CLIP
 from lastvit.models.clip_loss import clip_loss
 from lastvit.train.config import TRAINER_DEFAULTS, ConfigError, deprecated, merge, per_device_batch
-from lastvit.train.data import StepSampler, _ResumableLoader
+from lastvit.train.data import StepSampler, _ResumableLoader, cache_split
 
 __all__ = ["DEFAULTS", "ClipModule", "ClipDataModule", "resolve_config", "build_model", "build", "export", "evaluate"]
 
@@ -250,7 +250,7 @@ def _templates(cfg: dict[str, Any]) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------- data
 class _Pairs(Dataset):
-    """In-memory (image, token ids, label) triples: the synthetic captions, generated and tokenized once."""
+    """(image, token ids, label) triples over a :func:`~lastvit.train.data.cache_split` (tokenized once)."""
 
     def __init__(self, images: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, captions: list[str]) -> None:
         self.images, self.text, self.labels, self.captions = images, text, labels, captions
@@ -292,10 +292,8 @@ class ClipDataModule(L.LightningDataModule):
             scfg = SyntheticConfig(**d["synthetic"])
             sets = []
             for split, size in (("train", d["train_size"]), ("val", d["val_size"])):
-                ds = SyntheticDataset(scfg, split=split, size=int(size), seed=int(d["data_seed"]))
-                b = ds.batch(list(range(len(ds))))
-                sets.append(_Pairs(b["image"], self.tokenizer(b["caption"]), torch.as_tensor(b["label"]),
-                                   list(b["caption"])))
+                c = cache_split(SyntheticDataset(scfg, split=split, size=int(size), seed=int(d["data_seed"])))
+                sets.append(_Pairs(c["image"], self.tokenizer(c["caption"]), c["label"], c["caption"]))
             self.train_set, self.val_set = sets
             self.classnames = list(scfg.classes)
             return

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 __all__ = [
     "StepSampler",
+    "cache_split",
     "TensorBatchSet",
     "BatchSetDataModule",
     "SyntheticDataModule",
@@ -101,6 +102,36 @@ class _ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step_sampler.load_state_dict(state)
+
+
+def cache_split(ds: Any, *, raw: bool = False, chunk: int = 512) -> dict[str, Any]:
+    """The one in-memory cache of a synthetic split (every task uses it): the whole split rendered once, in chunks
+    (the renderer's intermediates scale with the batch; each sample has its own generator, so the chunk size does
+    not change the pixels).
+
+    ``raw=False``: ``image`` normalised float (N, 3, H, W), ``label`` (N,), ``caption`` (list): label supervision
+    and CLIP. ``raw=True``: ``image`` un-normalised uint8 (N, 3, H, W) in [0, 255], ``label``, ``box`` (N, 4) xyxy px
+    of the labelled object: DINO, whose multi-crop augments raw pixels and keeps the object with its box.
+    """
+    images, labels, extra = [], [], []
+    for s in range(0, len(ds), chunk):
+        idx = list(range(s, min(s + chunk, len(ds))))
+        if raw:
+            g = ds.generate_batch(idx)
+            images.append((g["images"].clamp(0, 1) * 255).round().to(torch.uint8))
+            labels.append(torch.as_tensor(g["labels"], dtype=torch.long))
+            extra.append(torch.as_tensor(g["boxes"], dtype=torch.float32).reshape(-1, 4))
+        else:
+            b = ds.batch(idx)
+            images.append(b["image"])
+            labels.append(torch.as_tensor(b["label"], dtype=torch.long))
+            extra.extend(list(b["caption"]))
+    out: dict[str, Any] = {"image": torch.cat(images), "label": torch.cat(labels)}
+    if raw:
+        out["box"] = torch.cat(extra)
+    else:
+        out["caption"] = extra
+    return out
 
 
 class TensorBatchSet:
@@ -219,11 +250,9 @@ class SyntheticDataModule(BatchSetDataModule):
         sets = []
         for split, size in (("train", self.train_size), ("val", self.val_size)):
             ds = SyntheticDataset(scfg, split=split, size=size, seed=self.data_seed)
-            if self.cache:  # render in chunks (the renderer's intermediates scale with the batch)
-                parts = [ds.batch(list(range(i, min(i + 512, len(ds))))) for i in range(0, len(ds), 512)]
-                ds = TensorBatchSet(torch.cat([p["image"] for p in parts]),
-                                    torch.cat([torch.as_tensor(p["label"]) for p in parts]),
-                                    num_classes=_num_classes(ds, scfg))
+            if self.cache:
+                c = cache_split(ds)
+                ds = TensorBatchSet(c["image"], c["label"], num_classes=_num_classes(ds, scfg))
             sets.append(ds)
         self.train_set, self.val_set = sets
 

@@ -47,7 +47,7 @@ from lastvit.models.dino import (
 )
 from lastvit.models.vit import LastViT
 from lastvit.train.config import TRAINER_DEFAULTS, ConfigError, merge, per_device_batch
-from lastvit.train.data import StepSampler, _ResumableLoader
+from lastvit.train.data import StepSampler, _ResumableLoader, cache_split
 from lastvit.train.optim import clip_gradients, cosine_schedule
 
 __all__ = [
@@ -165,15 +165,10 @@ def resolve_config(cfg: dict[str, Any] | None, src: str = "dino config") -> dict
 
 
 # ----------------------------------------------------------------------------------------- data
-def _render(dataset: Any, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every image of a synthetic split rendered once (uint8, (N, 3, H, W)) with its labels and object boxes."""
-    images, labels, boxes = [], [], []
-    for s in range(0, len(dataset), chunk):
-        g = dataset.generate_batch(list(range(s, min(s + chunk, len(dataset)))))
-        images.append((g["images"].clamp(0, 1) * 255).round().to(torch.uint8))
-        labels.append(torch.as_tensor(g["labels"], dtype=torch.long))
-        boxes.append(torch.as_tensor(g["boxes"], dtype=torch.float32).reshape(-1, 4))
-    return torch.cat(images), torch.cat(labels), torch.cat(boxes)
+def _render(dataset: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A synthetic split from the one cache (:func:`~lastvit.train.data.cache_split`, raw uint8 pixels)."""
+    c = cache_split(dataset, raw=True, chunk=256)
+    return c["image"], c["label"], c["box"]
 
 
 class _CachedCropBatches(torch.utils.data.Dataset):
