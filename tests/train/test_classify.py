@@ -78,3 +78,18 @@ def test_imagefolder_datamodule(tmp_path):
     assert labels == [0, 0, 1, 1] and vb[0]["image"].shape == (2, 3, 32, 32)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         ImageFolderDataModule(str(tmp_path / "nowhere"), batch_size=2).setup("fit")
+
+
+def test_the_one_synthetic_cache_is_the_dataset_rendered_once():
+    from lastvit.data import SyntheticConfig, SyntheticDataset
+    from lastvit.train.data import cache_split
+
+    ds = SyntheticDataset(SyntheticConfig(num_classes=3, image_size=32), split="train", size=7)
+    whole = ds.batch(list(range(7)))
+    c = cache_split(ds, chunk=3)  # chunked rendering gives the same pixels as one batch
+    assert torch.equal(c["image"], whole["image"]) and c["caption"] == list(whole["caption"])
+    assert torch.equal(c["label"], torch.as_tensor(whole["label"]))
+    raw = cache_split(ds, raw=True, chunk=2)
+    assert raw["image"].dtype == torch.uint8 and raw["box"].shape == (7, 4)
+    g = ds.generate_batch(list(range(7)))
+    assert torch.equal(raw["image"], (g["images"].clamp(0, 1) * 255).round().to(torch.uint8))
