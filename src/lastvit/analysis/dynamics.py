@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lastvit.io import atomic_write
+from lastvit.io import write_csv as io_write_csv
 from lastvit.viz.figures import plot_dynamics
 
 __all__ = ["DynamicsCallback", "plot_dynamics", "probe_metrics", "write_csv"]
@@ -21,16 +19,8 @@ FIELDS = ["run", "step", "epoch", "pib", "pib_center", "accuracy", "num_images"]
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], fields: list[str] | None = None) -> Path:
-    """Write rows to a CSV atomically (temporary name, then rename)."""
-    if fields is None:
-        fields = []
-        for r in rows:
-            fields.extend(k for k in r if k not in fields)
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return atomic_write(path, buf.getvalue())
+    """Write rows to a CSV atomically (:func:`lastvit.io.write_csv`)."""
+    return io_write_csv(path, rows, fields)
 
 
 def _default_model(pl_module: torch.nn.Module) -> torch.nn.Module:

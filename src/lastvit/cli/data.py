@@ -12,14 +12,13 @@ dataset with :func:`lastvit.data.build_eval_dataset` and prints images, classes 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lastvit.io import atomic_write
+from lastvit.io import write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,10 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--multi-object", type=int, default=0)
     s.add_argument("--colour-jitter", type=float, default=0.08)
     s.add_argument("--pattern", type=float, default=0.0,
-                   help="class-specific stripe texture on the object, 0-1 (the demo uses 0.6)")
+                   help="class-specific stripe texture on the object, 0-1 (--demo sets the demo's value)")
     s.add_argument("--demo", action="store_true",
-                   help="the demo's benchmark (6 classes, 64 px, objects 0.3-0.5, clutter 6, pattern 0.6); "
-                        "overrides those five options")
+                   help="the demo's benchmark (the packaged definition synthetic_demo: classes, image size, "
+                        "object sizes, clutter and pattern); overrides those options")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_synth)
 
@@ -64,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str))
+    write_json(path, obj)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -75,10 +74,10 @@ def _synth(args: argparse.Namespace) -> int:
 
     knobs = dict(num_classes=args.num_classes, image_size=args.image_size, min_size=args.min_size,
                  max_size=args.max_size, clutter=args.clutter, pattern=args.pattern)
-    if args.demo:
-        from lastvit.demo import DEMO_RECIPE
+    if args.demo:  # the packaged benchmark definition every demo recipe names
+        from lastvit.recipes import load_benchmark
 
-        knobs.update(DEMO_RECIPE["data"]["synthetic"])
+        knobs.update(load_benchmark("synthetic_demo"))
     cfg = SyntheticConfig(**knobs, texture=args.texture, gradient=not args.no_gradient,
                           multi_object=args.multi_object, colour_jitter=args.colour_jitter, seed=args.seed)
     out = Path(args.out)
