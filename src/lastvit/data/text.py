@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from lastvit.data.transforms import CLIP_MEAN, CLIP_STD
+
 __all__ = [
     "OPENAI_MEAN",
     "OPENAI_STD",
@@ -32,8 +34,7 @@ __all__ = [
     "TokenizingCollate",
 ]
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN, OPENAI_STD = CLIP_MEAN, CLIP_STD  # defined once, in lastvit.data.transforms
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TEXT_EXTS = (".txt",)
 _PATH_COLS = ("path", "filepath", "image", "file", "filename")

@@ -42,6 +42,7 @@ from torchvision.ops import FeaturePyramidNetwork, roi_align
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from lastvit.data.transforms import CLIP_MEAN, CLIP_STD
 from lastvit.detection.backbone import FViTBackbone
 from lastvit.detection.ensemble import ensemble_scores
 
@@ -371,8 +372,7 @@ DETECTOR_DEFAULTS: dict[str, Any] = {
     "mask_roi_size": 14, "mask_convs": 4,
     "image_mean": None, "image_std": None,  # None: OpenAI CLIP's normalisation
 }
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN, OPENAI_STD = CLIP_MEAN, CLIP_STD  # defined once, in lastvit.data.transforms
 
 
 class FViTDetector(nn.Module):
