@@ -35,17 +35,17 @@ __all__ = ["NOVEL_FOLDS", "MINI_DETECTOR", "MINI_RECIPE", "QUICK", "run_ovdet_mi
 NOVEL_FOLDS = (("ring", "star"), ("triangle", "cross"), ("disk", "square"))
 
 MINI_DETECTOR: dict[str, Any] = {
-    "taps": [0, 1, 2, 3], "last_block": "fvit", "fpn_dim": 64, "norm": "gn", "anchor_scale": 4.0,
+    "taps": [0, 1, 2, 3], "last_block": "fvit", "fpn_dim": 32, "norm": "gn", "anchor_scale": 4.0,
     "rpn_pre_nms_train": 300, "rpn_post_nms_train": 100, "rpn_pre_nms_test": 300, "rpn_post_nms_test": 100,
-    "rpn_batch": 128, "roi_size": 7, "finest_scale": 28.0, "roi_convs": 2, "roi_fcs": 1, "roi_conv_dim": 64,
-    "roi_fc_dim": 128, "roi_batch": 128, "bg_weight": 0.6, "ensemble": "fvit", "alpha": 0.1, "beta": 0.8,
+    "rpn_batch": 64, "roi_size": 7, "finest_scale": 28.0, "roi_convs": 2, "roi_fcs": 1, "roi_conv_dim": 32,
+    "roi_fc_dim": 128, "roi_batch": 32, "bg_weight": 0.6, "ensemble": "fvit", "alpha": 0.1, "beta": 0.8,
     "vlm_temperature": 75.0, "score_thresh": 0.01, "nms_thresh": 0.4, "detections_per_img": 100, "masks": True,
-    "mask_roi_size": 7, "mask_convs": 2,
+    "mask_roi_size": 7, "mask_convs": 1,
     "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],  # the synthetic benchmark's normalisation
 }
 
 #: the data and schedule of the miniature
-MINI_RECIPE: dict[str, Any] = {"train_images": 2000, "test_images": 500, "steps": 800, "batch": 16, "lr": 1.0e-3,
+MINI_RECIPE: dict[str, Any] = {"train_images": 2000, "test_images": 500, "steps": 600, "batch": 16, "lr": 1.0e-3,
                                "warmup": 50}
 #: the smoke-test sizes (``quick=True``)
 QUICK: dict[str, Any] = {"train_images": 64, "test_images": 32, "steps": 20, "batch": 8, "lr": 1.0e-3, "warmup": 5,
@@ -54,9 +54,9 @@ QUICK: dict[str, Any] = {"train_images": 64, "test_images": 32, "steps": 20, "ba
 
 def _data_config(seed: int):
     from lastvit.data.synthetic import SyntheticConfig
-    from lastvit.paradigms import _SYNTHETIC
+    from lastvit.recipes import load_benchmark
 
-    return SyntheticConfig(**{**_SYNTHETIC, "multi_object": 2, "seed": int(seed)})
+    return SyntheticConfig(**{**load_benchmark("synthetic_demo"), "multi_object": 2, "seed": int(seed)})
 
 
 def miniature_clip(readout: str, seed: int, cache: str | os.PathLike, quick: bool = False,
@@ -121,17 +121,58 @@ def _figure(out: Path, data: Path, preds: dict[str, Any], names: list[str], nove
     return path
 
 
+def _run_readout(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], tuple[list[str], list[bool]]]:
+    """CLIP (cached) -> F-ViT training -> evaluation for one readout (a process of its own with ``workers > 1``)."""
+    from lastvit.detection.evaluate import evaluate_ovdet
+    from lastvit.train import fit
+
+    if job["threads"]:
+        torch.set_num_threads(int(job["threads"]))
+    readout, seed, rec, data = job["readout"], job["seed"], job["rec"], Path(job["data"])
+    t = time.time()
+    clip_path = miniature_clip(readout, seed, job["cache"], quick=job["quick"], verbose=job["verbose"])
+    t_clip = time.time() - t
+    run = Path(job["run"])
+    cfg = {"task": "ovdet", "out_dir": str(run),
+           "model": {"clip": str(clip_path), "detector": job["det"], "templates": "clipself",
+                     "text_cache": str(Path(job["cache"]) / "text_cache")},
+           "data": {"kind": "lvis", "train_ann": str(data / "train.json"), "val_ann": str(data / "test.json"),
+                    "train_images": str(data), "val_images": str(data), "image_size": job["image_size"],
+                    "lsj": [1.0, 1.0], "flip": 0.5, "global_batch": rec["batch"], "val_batch": 32,
+                    "val_limit": 32, "num_workers": 0},
+           "optim": {"lr": rec["lr"], "lr_batch": rec["batch"], "warmup_steps": rec["warmup"]},
+           "trainer": {"accelerator": "cpu", "max_steps": rec["steps"], "val_every": 10 ** 9, "seed": seed,
+                       "progress_bar": False, "ckpt_every": 0, "log_every": 25}}
+    if job["verbose"]:
+        print(f"[ovdet] training F-ViT on the {readout} CLIP ({rec['steps']} steps x {rec['batch']})", flush=True)
+    t = time.time()
+    res = fit(cfg)
+    t_det = time.time() - t
+    t = time.time()
+    m = evaluate_ovdet(res["model"], data / "test.json", data, return_predictions=True)
+    pred = m.pop("_predictions")
+    m.update(readout=readout, seed=seed, novel_classes=job["novel_names"], base_classes=job["base_names"],
+             seconds={"clip": round(t_clip, 1), "detector": round(t_det, 1), "eval": round(time.time() - t, 1)})
+    atomic_write(run / "metrics.json", json.dumps(m, indent=2))
+    if job["verbose"]:
+        print(f"[ovdet] {readout}: novel AP50 {m['novel_ap50']:.3f}  base AP50 {m['base_ap50']:.3f}  "
+              f"novel mask AP {m.get('novel_mask_ap', float('nan')):.3f}  novel RPN recall "
+              f"{m['novel_rpn_recall']:.3f}  oracle-box acc {m['oracle_box_accuracy']:.3f}", flush=True)
+    light = {"per_image": pred["per_image"][:8]}
+    return m, light, (list(res["model"].class_names), res["model"].roi_heads.novel.tolist())
+
+
 def run_ovdet_miniature(out: str | os.PathLike, seed: int = 0, *, readouts: tuple[str, ...] = ("cls", "lazystrike"),
                         quick: bool = False, cache: str | os.PathLike | None = None, threads: int | None = 1,
-                        overrides: dict[str, Any] | None = None, verbose: bool = True) -> dict[str, Any]:
+                        overrides: dict[str, Any] | None = None, workers: int = 1,
+                        verbose: bool = True) -> dict[str, Any]:
     """Run the miniature for one seed (module docstring); returns ``{readout: metrics}``.
 
     ``cache`` (default ``<out>/..``/``ovdet_cache``) holds the CLIPs and the data per seed; ``overrides`` replace
     :data:`MINI_RECIPE` keys (``steps``, ``train_images``...) or, as ``detector.<key>``, :data:`MINI_DETECTOR` keys.
+    ``workers=2`` runs the two readouts in parallel processes (``threads`` threads each).
     """
-    from lastvit.detection.evaluate import evaluate_ovdet
     from lastvit.detection.synthetic import write_ovdet_synthetic
-    from lastvit.train import fit
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -155,42 +196,21 @@ def run_ovdet_miniature(out: str | os.PathLike, seed: int = 0, *, readouts: tupl
         counts = write_ovdet_synthetic(data, dcfg, base_names, novel_names, rec["train_images"], rec["test_images"])
         atomic_write(data / "counts.json", json.dumps(counts, indent=2))
     seconds: dict[str, Any] = {"data": round(time.time() - t0, 1)}
-    results: dict[str, Any] = {}
-    preds: dict[str, Any] = {}
-    for readout in readouts:
-        t = time.time()
-        clip_path = miniature_clip(readout, seed, cache, quick=quick, verbose=verbose)
-        t_clip = time.time() - t
-        run = out / readout
-        cfg = {"task": "ovdet", "out_dir": str(run),
-               "model": {"clip": str(clip_path), "detector": det, "templates": "clipself",
-                         "text_cache": str(cache / "text_cache")},
-               "data": {"kind": "lvis", "train_ann": str(data / "train.json"), "val_ann": str(data / "test.json"),
-                        "train_images": str(data), "val_images": str(data), "image_size": dcfg.image_size,
-                        "lsj": [1.0, 1.0], "flip": 0.5, "global_batch": rec["batch"], "val_batch": 32,
-                        "val_limit": 32, "num_workers": 0},
-               "optim": {"lr": rec["lr"], "lr_batch": rec["batch"], "warmup_steps": rec["warmup"]},
-               "trainer": {"accelerator": "cpu", "max_steps": rec["steps"], "val_every": 10 ** 9, "seed": seed,
-                           "progress_bar": False, "ckpt_every": 0, "log_every": 25}}
-        if verbose:
-            print(f"[ovdet] training F-ViT on the {readout} CLIP ({rec['steps']} steps x {rec['batch']})", flush=True)
-        t = time.time()
-        res = fit(cfg)
-        t_det = time.time() - t
-        t = time.time()
-        m = evaluate_ovdet(res["model"], data / "test.json", data, return_predictions=True)
-        preds[readout] = m.pop("_predictions")
-        m.update(readout=readout, seed=seed, novel_classes=novel_names, base_classes=base_names,
-                 seconds={"clip": round(t_clip, 1), "detector": round(t_det, 1), "eval": round(time.time() - t, 1)})
-        atomic_write(run / "metrics.json", json.dumps(m, indent=2))
-        results[readout] = m
-        if verbose:
-            print(f"[ovdet] {readout}: novel AP50 {m['novel_ap50']:.3f}  base AP50 {m['base_ap50']:.3f}  "
-                  f"novel mask AP {m.get('novel_mask_ap', float('nan')):.3f}  novel RPN recall "
-                  f"{m['novel_rpn_recall']:.3f}  oracle-box acc {m['oracle_box_accuracy']:.3f}", flush=True)
+    jobs = [dict(readout=r, seed=seed, cache=str(cache), quick=quick, rec=rec, det=det, data=str(data),
+                 image_size=dcfg.image_size, run=str(out / r), threads=threads, verbose=verbose,
+                 novel_names=novel_names, base_names=base_names) for r in readouts]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
+            done = list(ex.map(_run_readout, jobs))
+    else:
+        done = [_run_readout(j) for j in jobs]
+    results = {r: m for r, (m, _, _) in zip(readouts, done)}
+    preds = {r: p for r, (_, p, _) in zip(readouts, done)}
+    names, novel_flags = done[0][2]
     seconds["total"] = round(time.time() - t0, 1)
-    names = list(res["model"].class_names)
-    novel_flags = res["model"].roi_heads.novel.tolist()
     fig = _figure(out, data, preds, names, novel_flags)
     summary = {"seed": seed, "quick": quick, "recipe": rec, "detector": det, "readouts": results,
                "seconds": seconds, "figure": fig.name, "threads": threads}

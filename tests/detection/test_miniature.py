@@ -1,0 +1,36 @@
+"""The CPU miniature end to end at smoke-test size (the CLIPs pre-placed in its cache)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from lastvit.checkpoints import save_clip
+from lastvit.detection.miniature import NOVEL_FOLDS, run_ovdet_miniature
+from lastvit.models.clip import CLIP
+
+torch.set_num_threads(1)
+
+
+def test_miniature_writes_metrics_per_readout_and_figure(tmp_path):
+    cache = tmp_path / "cache"
+    for readout in ("cls", "lazystrike"):
+        torch.manual_seed(0)
+        clip = CLIP({"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2},
+                    {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}, 16,
+                    aggregator=readout)
+        save_clip(clip, cache / f"clip_{readout}_s1_quick" / "model.pt")
+    res = run_ovdet_miniature(tmp_path / "out", 1, quick=True, cache=cache, verbose=False,
+                              overrides={"steps": 2, "train_images": 16, "test_images": 8, "batch": 4})
+    assert set(res) == {"cls", "lazystrike"}
+    for readout in res:
+        m = json.loads((tmp_path / "out" / readout / "metrics.json").read_text())
+        for k in ("novel_ap50", "base_ap50", "novel_mask_ap", "novel_rpn_recall", "oracle_box_accuracy"):
+            assert k in m and (m[k] != m[k] or 0.0 <= m[k] <= 1.0)  # a fraction, or nan without novel GT
+        assert m["novel_classes"] == list(NOVEL_FOLDS[1])
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["readouts"].keys() == res.keys() and summary["seed"] == 1
+    assert (tmp_path / "out" / "detections.png").stat().st_size > 0
+    counts = json.loads(next(cache.glob("data_s1_*")).joinpath("counts.json").read_text())
+    assert counts["train"]["novel_annotations_dropped"] > 0  # novel objects are unannotated in training
