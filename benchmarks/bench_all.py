@@ -58,7 +58,7 @@ def row(section: str, what: str, base_s: float, subj_s: float, target: str, kind
 def bench_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
     import lightning as L
 
-    from lastvit.demo import demo_recipe
+    from lastvit.paradigms import paradigm_recipe
     from lastvit.train import fit
     from lastvit.train.classify import build
     from lastvit.train.config import resolve_config
@@ -78,7 +78,7 @@ def bench_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
             self.ends.append(now())
 
     def lightning_steps(profile: bool = False) -> list[float]:
-        cfg = demo_recipe("lazystrike", out=str(tmp / f"L{len(lt)}"), seed=0, overrides=over)
+        cfg = paradigm_recipe("label", "lazystrike", out=str(tmp / f"L{len(lt)}"), seed=0, overrides=over)
         cb = StepEnds()
         if profile:
             pr = cProfile.Profile()
@@ -92,7 +92,7 @@ def bench_train(args: argparse.Namespace, out: dict[str, Any]) -> None:
         return [b - a for a, b in zip(cb.ends[5:], cb.ends[6:], strict=False)]
 
     def bare_steps() -> list[float]:
-        cfg = resolve_config(demo_recipe("lazystrike", out=str(tmp / "bare"), seed=0, overrides=over))
+        cfg = resolve_config(paradigm_recipe("label", "lazystrike", out=str(tmp / "bare"), seed=0, overrides=over))
         L.seed_everything(0, verbose=False)
         module, dm = build(cfg)
         model = module.model.train()

@@ -106,7 +106,7 @@ def train_worker(args: argparse.Namespace) -> int:
     import lightning as L
     import torch.distributed as dist
 
-    from lastvit.demo import demo_recipe
+    from lastvit.paradigms import paradigm_recipe
     from lastvit.train import fit
 
     class StepTimer(L.Callback):
@@ -135,7 +135,7 @@ def train_worker(args: argparse.Namespace) -> int:
         return trainer.strategy.root_device
 
     out = Path(args.out)
-    cfg = demo_recipe("lazystrike", out=str(out / "train_run"), seed=0, overrides=_train_overrides(args))
+    cfg = paradigm_recipe("label", "lazystrike", out=str(out / "train_run"), seed=0, overrides=_train_overrides(args))
     timer = StepTimer()
     t0 = time.perf_counter()
     res = fit(cfg, callbacks=[timer])
@@ -149,7 +149,7 @@ def train_worker(args: argparse.Namespace) -> int:
     steps = len(ends) - skip - 1
     m = res["metrics"]
     _write_json(out / "train.json", {
-        "recipe": "lastvit.demo.DEMO_RECIPE (label miniature, LazyStrike K = 1)", "overrides": _train_overrides(args),
+        "recipe": "label_synthetic (label miniature, LazyStrike K = 1)", "overrides": _train_overrides(args),
         "steps": int(res["step"]), "world_size": timer.world, "process_group_backend": timer.backend,
         "precision": cfg["trainer"]["precision"],
         "steps_per_s_median": 1.0 / dts[len(dts) // 2] if dts else float("nan"),
