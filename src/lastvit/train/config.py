@@ -117,9 +117,19 @@ def task_of(raw: dict[str, Any], src: str = "config") -> str:
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: a recipe must be a YAML mapping, got {type(raw).__name__}")
     task = raw.get("task", "classify")
-    if task not in TASKS:
-        raise ConfigError(f"{src}: task must be one of {list(TASKS)}, got {task!r}")
+    if task not in available_tasks():
+        raise ConfigError(f"{src}: task must be one of {available_tasks()}, got {task!r}")
     return task
+
+
+def available_tasks() -> list[str]:
+    """The tasks ``fit`` can run: every module ``lastvit.train.<task>`` that supplies ``build`` (the built-in
+    :data:`TASKS` and those that plug in, e.g. ``ovdet``)."""
+    import pkgutil
+
+    extra = [m.name for m in pkgutil.iter_modules([os.path.dirname(os.path.abspath(__file__))])
+             if m.name not in (*TASKS, "config", "data", "optim", "runner") and not m.name.startswith("_")]
+    return [*TASKS, *sorted(extra)]
 
 
 #: the ``trainer`` section every task shares
