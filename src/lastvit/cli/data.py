@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default=None, help="write metrics.json here")
     c.set_defaults(func=_check)
 
+    from lastvit.detection.cli import register_data  # ovdet commands (lastvit.detection.cli)
+
+    register_data(sub)
+
 
 def _write_json(path: Path, obj: Any) -> None:
     write_json(path, obj)

@@ -373,3 +373,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--lr", type=float, default=1.0)
     o.add_argument("--wd", type=float, default=0.0)
     k.set_defaults(func=_run_classify)
+
+    from lastvit.detection.cli import register_evaluate  # ovdet commands (lastvit.detection.cli)
+
+    register_evaluate(sub)
