@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["auroc", "score_distributions", "normalise_scores"]
+__all__ = ["auroc", "score_distributions", "normalise_scores", "per_image_scores"]
 
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -93,3 +93,17 @@ def score_distributions(
         "num_bg": int(neg.numel()),
         "auroc": auroc(pos, neg),
     }
+
+
+def per_image_scores(scores: torch.Tensor, foreground: torch.Tensor) -> list[dict[str, float | None]]:
+    """Per image of (B, h, w) scores and foreground: ``mean_fg`` / ``mean_bg`` of the min-max normalised scores and
+    the image's own ``auroc`` (fg scored above bg); ``None`` where a side is empty."""
+    s, fg = scores.detach().float().cpu(), foreground.bool().cpu()
+    sn = normalise_scores(s)
+    out = []
+    for i in range(s.shape[0]):
+        f, has_fg, has_bg = fg[i], bool(fg[i].any()), bool((~fg[i]).any())
+        out.append({"mean_fg": float(sn[i][f].mean()) if has_fg else None,
+                    "mean_bg": float(sn[i][~f].mean()) if has_bg else None,
+                    "auroc": auroc(s[i][f], s[i][~f]) if has_fg and has_bg else None})
+    return out

@@ -10,7 +10,13 @@ Rules (all coordinates in pixels of the network input, boxes ``xyxy``; cell ``(i
   (``x1 <= cx <= x2`` and ``y1 <= cy <= y2``).
 * ``hit_mask`` (when a foreground mask is given): more than half of the argmax cell's pixels are foreground.
 
-The argmax is the first maximal index in row-major order (``torch.argmax``).
+The argmax is the first maximal index in row-major order (``torch.argmax``). Box coordinates are mapped to cells in
+float64: float32 moves a coordinate just below a cell edge onto it (e.g. ``48 - 1e-6`` becomes ``48.0``) and so
+covers one cell too many.
+
+Reference: the LaSt-ViT release's evaluator (``hit_any``, with the class-token output as the global representation,
+single-object images whose box is < 25% of the image). :class:`PiBMeter` is the one accumulator every caller uses
+(:func:`evaluate_pib`, :func:`lastvit.analysis.suite.diagnose`, ``lastvit analyze pib``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "PiBMeter",
+    "foreground_share",
     "point_in_box",
     "evaluate_pib",
     "foreground_patches",
@@ -57,9 +65,10 @@ def cell_size(
 
 
 def as_boxes(b: Any) -> torch.Tensor:
-    """Boxes as a float32 (M, 4) tensor (accepts tensors, arrays, lists; empty -> (0, 4))."""
-    t = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) if b is not None else torch.zeros(0, 4)
-    return t.cpu()
+    """Boxes as a float64 (M, 4) tensor (accepts tensors, arrays, lists; empty -> (0, 4))."""
+    if b is None:
+        return torch.zeros(0, 4, dtype=torch.float64)
+    return torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4).cpu()
 
 
 def box_cells(boxes: torch.Tensor, grid: tuple[int, int], cell: tuple[int, int]) -> torch.Tensor:
@@ -79,8 +88,8 @@ def box_cells(boxes: torch.Tensor, grid: tuple[int, int], cell: tuple[int, int])
 
 def _centres(grid: tuple[int, int], cell: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     h, w = grid
-    cy = (torch.arange(h, dtype=torch.float32) + 0.5) * cell[0]
-    cx = (torch.arange(w, dtype=torch.float32) + 0.5) * cell[1]
+    cy = (torch.arange(h, dtype=torch.float64) + 0.5) * cell[0]
+    cx = (torch.arange(w, dtype=torch.float64) + 0.5) * cell[1]
     return cy, cx
 
 
@@ -115,6 +124,15 @@ def foreground_patches(
             inx = (cx >= x1) & (cx <= x2)
             out[b] |= iny[:, None] & inx[None, :]
     return out
+
+
+def foreground_share(maps: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """(B,) share of each non-negative (B, h, w) map's mass on the foreground cells (vote share, attention share);
+    NaN where a map sums to 0."""
+    m = maps.detach().double().cpu().flatten(1)
+    total = m.sum(1)
+    on = (m * foreground.bool().cpu().flatten(1)).sum(1)
+    return torch.where(total > 0, on / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
 
 
 def point_in_box(
@@ -172,6 +190,127 @@ def point_in_box(
     return out
 
 
+class PiBMeter:
+    """Point-in-Box accumulator over batches (in the style of :class:`lastvit.evaluate.metrics.SegConfusion`).
+
+    ``update(scores, boxes, masks, ids, labels, image_size=...)`` selects the images (images without boxes are
+    skipped as ``no_boxes``; with ``single_object`` images with more than one box as ``multi_object``; with
+    ``max_box_area`` images whose largest box covers at least that fraction of the image as ``large_box``), scores
+    the rest with :func:`point_in_box` and keeps one row per image; ``compute()`` gives the metrics. A caller that
+    wants to skip the forward pass of unselected images calls ``select(boxes, image_size)`` first and then
+    ``update(..., selected=True)`` with the selected images only.
+
+    ``patch_size``: pixel size of a score cell (default ``image_size / grid``).
+    """
+
+    def __init__(self, *, patch_size: int | Sequence[int] | None = None, single_object: bool = False,
+                 max_box_area: float | None = None) -> None:
+        self.patch_size = patch_size
+        self.single_object = bool(single_object)
+        self.max_box_area = max_box_area
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: Counter[str] = Counter()
+        self.seen = 0
+        self._pending: list[int] = []
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` images left out for ``reason`` (e.g. ``dataset:unreadable``)."""
+        if n:
+            self.skipped[reason] += int(n)
+
+    def select(self, boxes: Sequence[Any], image_size: Sequence[int]) -> list[int]:
+        """Indices of the images of one batch that are scored; counts the others by reason."""
+        h, w = int(image_size[0]), int(image_size[1])
+        keep = []
+        for i, b in enumerate(boxes):
+            bx = as_boxes(b)
+            if bx.shape[0] == 0:
+                self.skipped["no_boxes"] += 1
+                continue
+            if self.single_object and bx.shape[0] > 1:
+                self.skipped["multi_object"] += 1
+                continue
+            if self.max_box_area is not None:
+                area = ((bx[:, 2] - bx[:, 0]).clamp(min=0) * (bx[:, 3] - bx[:, 1]).clamp(min=0)).max()
+                if float(area) >= self.max_box_area * w * h:
+                    self.skipped["large_box"] += 1
+                    continue
+            keep.append(i)
+        self._pending = [self.seen + i for i in keep]
+        self.seen += len(boxes)
+        return keep
+
+    def update(self, scores: torch.Tensor, boxes: Sequence[Any], masks: torch.Tensor | None = None,
+               ids: Sequence[Any] | None = None, labels: Any = None, *, image_size: Sequence[int] | None = None,
+               preds: torch.Tensor | None = None, selected: bool = False) -> dict[str, torch.Tensor] | None:
+        """Score one batch: ``scores`` (B, h, w), ``boxes`` B entries of (M, 4) xyxy pixels, optional ``masks``
+        (B, H, W), ``ids``, ``labels`` and predicted classes ``preds``; returns :func:`point_in_box`'s result for
+        the scored images (None when none is). ``image_size`` (H, W) defaults to the grid times ``patch_size``."""
+        scores = scores.detach().cpu()
+        grid = tuple(scores.shape[-2:])
+        if image_size is None:
+            if self.patch_size is None:
+                raise ValueError("PiBMeter.update needs image_size or the meter's patch_size")
+            ps = _pair(self.patch_size)
+            image_size = (grid[0] * ps[0], grid[1] * ps[1])
+        boxes = list(boxes)
+        if selected:
+            keep = list(range(len(boxes)))
+            index = self._pending if len(self._pending) == len(boxes) else [self.seen - len(boxes) + i
+                                                                            for i in keep]
+        else:
+            keep = self.select(boxes, image_size)
+            index = self._pending
+        if not keep:
+            return None
+        sel = torch.tensor(keep)
+        res = point_in_box(scores[sel], [boxes[i] for i in keep], image_size=tuple(image_size),
+                           patch_size=self.patch_size, masks=masks[sel].cpu() if masks is not None else None)
+        lab = None if labels is None else torch.as_tensor(labels).reshape(-1)
+        for j, i in enumerate(keep):
+            row: dict[str, Any] = {
+                "id": str(ids[i]) if ids is not None else str(index[j]),
+                "label": int(lab[i]) if lab is not None else -1,
+                "num_boxes": int(as_boxes(boxes[i]).shape[0]),
+                "argmax_row": int(res["row"][j]),
+                "argmax_col": int(res["col"][j]),
+                "max_score": round(float(res["max_score"][j]), 6),
+                "hit_any": int(res["hit_any"][j]),
+                "hit_center": int(res["hit_center"][j]),
+            }
+            if "hit_mask" in res:
+                row["hit_mask"] = int(res["hit_mask"][j])
+            if preds is not None:
+                p = int(preds[i] if not selected else preds[j])
+                row["pred"] = p
+                row["correct"] = int(p == row["label"]) if row["label"] >= 0 else ""
+            self.rows.append(row)
+        return res
+
+    @property
+    def num_images(self) -> int:
+        return len(self.rows)
+
+    def compute(self) -> dict[str, Any]:
+        """``{pib, pib_center, [pib_mask], [accuracy], num_images, num_skipped, skipped}`` (fractions in [0, 1];
+        NaN when no image was scored)."""
+        rows = self.rows
+        n = len(rows)
+        out: dict[str, Any] = {
+            "pib": sum(r["hit_any"] for r in rows) / n if n else float("nan"),
+            "pib_center": sum(r["hit_center"] for r in rows) / n if n else float("nan"),
+        }
+        with_mask = [r["hit_mask"] for r in rows if "hit_mask" in r]
+        if with_mask:
+            out["pib_mask"] = sum(with_mask) / len(with_mask)
+        correct = [r["correct"] for r in rows if r.get("correct", "") != ""]
+        if correct:
+            out["accuracy"] = sum(correct) / len(correct)
+        out.update(num_images=n, num_skipped=int(sum(self.skipped.values())),
+                   skipped=dict(sorted(self.skipped.items())))
+        return out
+
+
 def _batch_field(batch: Any, key: str, required: bool = True) -> Any:
     if not isinstance(batch, dict):
         raise ValueError(f"evaluate_pib expects batches as dicts (lastvit.data.collate), got {type(batch).__name__}")
@@ -197,13 +336,15 @@ def evaluate_pib(
     max_box_area: float | None = None,
     dataset_skipped: int | dict[str, int] | Sequence[Any] | None = None,
     progress: bool = False,
+    on_batch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Point-in-Box over a loader of collated batches (``image``, ``boxes``, optional ``mask``, ``id``, ``label``).
 
     The scores come from the one forward pass per batch (``patch_scores``), or from ``score_fn(images)`` (e.g.
-    :func:`~lastvit.analysis.scores.convnet_patch_scores` for a ResNet). Images without boxes are skipped
-    (``no_boxes``); with ``single_object`` images with more than one box (``multi_object``); with ``max_box_area``
-    images whose largest box covers at least that fraction of the image (``large_box``; the release uses 0.25).
+    :func:`~lastvit.analysis.scores.convnet_patch_scores` for a ResNet); only the selected images go through it
+    (selection and skip reasons: :class:`PiBMeter`). ``on_batch`` is called once per scored batch with
+    ``{"image", "scores", "boxes", "id"}`` of its selected images (e.g. to draw a figure without reading the data
+    twice).
 
     Returns:
         ``(metrics, rows)``: metrics ``{pib, pib_center, [pib_mask], num_images, num_skipped, skipped}`` (PiB as
@@ -212,23 +353,22 @@ def evaluate_pib(
     from lastvit.analysis.scores import scores_from_record
 
     model.eval()
-    rows: list[dict[str, Any]] = []
-    skipped: Counter[str] = Counter()
+    meter = PiBMeter(patch_size=patch_size if patch_size is not None else getattr(model, "patch_size", None),
+                     single_object=single_object, max_box_area=max_box_area)
     if isinstance(dataset_skipped, int):
-        skipped["dataset"] += dataset_skipped
+        meter.skip("dataset", dataset_skipped)
     elif isinstance(dataset_skipped, dict):
-        skipped.update({f"dataset:{k}": int(v) for k, v in dataset_skipped.items()})
+        for k, v in dataset_skipped.items():
+            meter.skip(f"dataset:{k}", int(v))
     elif dataset_skipped is not None:
-        skipped["dataset"] += len(dataset_skipped)
+        meter.skip("dataset", len(dataset_skipped))
     has_head = isinstance(getattr(model, "head", None), torch.nn.Linear) and getattr(model, "num_classes", 0) > 0
-    it = loader
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=limit, desc="pib", unit="img")
-    seen = 0
-    for batch in it:
+    for batch in loader:
         images = _batch_field(batch, "image")
         boxes = list(_batch_field(batch, "boxes"))
         masks = _batch_field(batch, "mask", required=False)
@@ -236,75 +376,32 @@ def evaluate_pib(
         labels = _batch_field(batch, "label", required=False)
         n = images.shape[0]
         if limit is not None:
-            n = min(n, limit - seen)
+            n = min(n, limit - meter.seen)
             if n <= 0:
                 break
-        images = images[:n]
-        keep = []
-        for i in range(n):
-            bx = as_boxes(boxes[i])
-            if bx.shape[0] == 0:
-                skipped["no_boxes"] += 1
-                continue
-            if single_object and bx.shape[0] > 1:
-                skipped["multi_object"] += 1
-                continue
-            if max_box_area is not None:
-                area = ((bx[:, 2] - bx[:, 0]).clamp(min=0) * (bx[:, 3] - bx[:, 1]).clamp(min=0)).max()
-                if float(area) >= max_box_area * images.shape[-1] * images.shape[-2]:
-                    skipped["large_box"] += 1
-                    continue
-            keep.append(i)
-        seen += n
+        keep = meter.select(boxes[:n], tuple(images.shape[-2:]))
         if bar is not None:
             bar.update(n)
-        if not keep:
-            continue
-        sel = torch.tensor(keep)
-        x = images[sel].to(device, non_blocking=True)
-        pred = None
-        if score_fn is not None:
-            scores = score_fn(x)
-        else:
-            rec = model.forward_tokens(x)
-            scores = scores_from_record(model, rec, source=source, projected=projected)
-            if has_head:
-                pred = model.head(rec.pooled).argmax(dim=1).cpu()
-        ps = patch_size if patch_size is not None else getattr(model, "patch_size", None)
-        m = masks[sel] if masks is not None else None
-        res = point_in_box(scores.cpu(), [boxes[i] for i in keep], image_size=tuple(x.shape[-2:]),
-                           patch_size=ps, masks=m)
-        for j, i in enumerate(keep):
-            row: dict[str, Any] = {
-                "id": str(ids[i]) if ids is not None else str(seen - n + i),
-                "label": int(labels[i]) if labels is not None else -1,
-                "num_boxes": int(as_boxes(boxes[i]).shape[0]),
-                "argmax_row": int(res["row"][j]),
-                "argmax_col": int(res["col"][j]),
-                "max_score": round(float(res["max_score"][j]), 6),
-                "hit_any": int(res["hit_any"][j]),
-                "hit_center": int(res["hit_center"][j]),
-            }
-            if "hit_mask" in res:
-                row["hit_mask"] = int(res["hit_mask"][j])
-            if pred is not None:
-                row["pred"] = int(pred[j])
-                row["correct"] = int(pred[j] == row["label"]) if row["label"] >= 0 else ""
-            rows.append(row)
-        if limit is not None and seen >= limit:
+        if keep:
+            sel = torch.tensor(keep)
+            x = images[sel].to(device, non_blocking=True)
+            pred = None
+            if score_fn is not None:
+                scores = score_fn(x)
+            else:
+                rec = model.forward_tokens(x)
+                scores = scores_from_record(model, rec, source=source, projected=projected)
+                if has_head:
+                    pred = model.head(rec.pooled).argmax(dim=1).cpu()
+            kb = [boxes[i] for i in keep]
+            kid = [ids[i] for i in keep] if ids is not None else None
+            klab = torch.as_tensor(labels)[sel] if labels is not None else None
+            meter.update(scores.cpu(), kb, masks[sel] if masks is not None else None, kid, klab,
+                         image_size=tuple(x.shape[-2:]), preds=pred, selected=True)
+            if on_batch is not None:
+                on_batch({"image": x, "scores": scores, "boxes": kb, "id": kid})
+        if limit is not None and meter.seen >= limit:
             break
     if bar is not None:
         bar.close()
-    n_img = len(rows)
-    metrics: dict[str, Any] = {
-        "pib": sum(r["hit_any"] for r in rows) / n_img if n_img else float("nan"),
-        "pib_center": sum(r["hit_center"] for r in rows) / n_img if n_img else float("nan"),
-    }
-    with_mask = [r["hit_mask"] for r in rows if "hit_mask" in r]
-    if with_mask:
-        metrics["pib_mask"] = sum(with_mask) / len(with_mask)
-    correct = [r["correct"] for r in rows if r.get("correct", "") != ""]
-    if correct:
-        metrics["accuracy"] = sum(correct) / len(correct)
-    metrics.update(num_images=n_img, num_skipped=int(sum(skipped.values())), skipped=dict(sorted(skipped.items())))
-    return metrics, rows
+    return meter.compute(), meter.rows

@@ -12,7 +12,8 @@ from torch import nn
 
 from lastvit.models.vit import LastViT, TokenRecord
 
-__all__ = ["patch_scores", "scores_from_record", "global_representation", "convnet_patch_scores", "readout_name"]
+__all__ = ["patch_scores", "scores_from_record", "global_representation", "convnet_patch_scores", "readout_name",
+           "resolve_source"]
 
 
 def _cosine(patches: torch.Tensor, g: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -27,7 +28,9 @@ def readout_name(model: LastViT) -> str:
     return str(getattr(model, "aggregator_name", "")).lower().replace("-", "").replace("_", "")
 
 
-def _resolve_source(model: LastViT, source: str) -> str:
+def resolve_source(model: LastViT, source: str) -> str:
+    """The token ``source`` names for this model: ``"cls"`` or ``"pooled"`` (``"auto"``: the class token for a
+    ``cls`` readout, the pooled token otherwise)."""
     if source not in ("auto", "cls", "pooled"):
         raise ValueError(f"source must be 'auto', 'cls' or 'pooled', got {source!r}")
     if source == "auto":
@@ -37,7 +40,7 @@ def _resolve_source(model: LastViT, source: str) -> str:
 
 def global_representation(model: LastViT, rec: TokenRecord, source: str = "auto") -> torch.Tensor:
     """The (B, D) token the patch scores are measured against (before any projection)."""
-    src = _resolve_source(model, source)
+    src = resolve_source(model, source)
     if src == "cls":
         cls = model.cls_output(rec)
         if cls is None:

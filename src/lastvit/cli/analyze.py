@@ -7,15 +7,12 @@ Each writes ``metrics.json`` (with the config echoed), a per-image (or per-level
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lastvit.io import atomic_write
-
+#: the diagnostics (each one function of :data:`lastvit.analysis.runs.KINDS`)
 KINDS = ("pib", "scores", "masking", "norms", "votes", "pca", "attention")
 
 
@@ -26,16 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run one diagnostic of lazy aggregation on a dataset and write metrics.json, CSV rows and PNGs.",
     )
     p.add_argument("kind", choices=KINDS, help="which diagnostic")
-    src = p.add_argument_group("model")
-    src.add_argument("--checkpoint", help="model file (any format lastvit.load_checkpoint reads)")
-    src.add_argument("--model", help="architecture name; alone (no --checkpoint) builds a randomly initialised model")
-    src.add_argument("--aggregator", help="override the readout (lazystrike, cls, mean, max, attn)")
+    from lastvit.cli._common import add_model_args
+
+    src = add_model_args(p)
     src.add_argument("--k", type=float, help="LazyStrike K (int, or a fraction in (0, 1)) for --aggregator / votes")
     src.add_argument("--source", default="auto", choices=("auto", "cls", "pooled"),
-                     help="global representation the patch scores compare with (default: auto)")
+                     help="global representation the patch scores compare with (default auto: the class-token "
+                          "output for a cls readout, the pooled token otherwise; the release's PiB evaluator uses "
+                          "the class-token output: --source cls); recorded in metrics.json")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", required=True, help="imagenet | voc | coco | synthetic")
     data.add_argument("--root", help="dataset root directory (synthetic: optional)")
+    data.add_argument("--ann-dir", default=None,
+                      help="annotation folder elsewhere than the reader's default (imagenet: the XML boxes; "
+                           "imagefolder: XML boxes; seg: label maps)")
     data.add_argument("--split", default=None, help="dataset split (default: the reader's evaluation split)")
     data.add_argument("--image-size", type=int, default=None, help="evaluation image size (default: the model's)")
     data.add_argument("--resize", type=int, default=None,
@@ -51,63 +52,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--num-figures", type=int, default=8, help="images shown in the figures")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     opt = p.add_argument_group("diagnostic options")
-    opt.add_argument("--single-object", action="store_true",
-                     help="keep only images with exactly one box (the release's PiB protocol, with --max-box-area)")
+    opt.add_argument("--single-object", action="store_true", default=None,
+                     help="keep only images with exactly one box whose area is < --max-box-area of the image (the "
+                          "release's PiB protocol; the default with --dataset imagenet)")
     opt.add_argument("--max-box-area", type=float, default=None,
-                     help="with --single-object: skip images whose box covers >= this fraction (release: 0.25)")
+                     help="with --single-object: skip images whose box covers >= this fraction (default 0.25, the "
+                          "release's)")
+    opt.add_argument("--all-images", action="store_true",
+                     help="--dataset imagenet: keep every image with a box (turn the paper's single-object, "
+                          "box < 25%% selection off)")
     opt.add_argument("--fractions", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
                      help="masking: comma-separated shares of patches to remove")
     opt.add_argument("--mode", default="pixel", choices=("pixel", "token"), help="masking: pixel fill or token drop")
     opt.add_argument("--fill", default="zero", choices=("zero", "mean", "noise"), help="masking: pixel fill")
     opt.add_argument("--threshold", default="robust", help="norms: 'robust' (median + k*1.4826*MAD) or a number")
     opt.add_argument("--mad-k", type=float, default=5.0, help="norms: k of the robust threshold")
-    opt.add_argument("--layer", type=int, default=-1, help="attention: block index (default: last)")
+    opt.add_argument("--layer", type=int, default=-1, help="attention: block index (default: last; negative counts "
+                                                          "from the last)")
     p.set_defaults(func=run_analyze)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _atomic_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+def _k(value: float | None) -> int | float | None:
+    return None if value is None else (int(value) if value >= 1 else float(value))
 
 
-def _clean(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_clean(v) for v in o]
-    if isinstance(o, torch.Tensor):
-        return _clean(o.tolist())
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, Path):
-        return str(o)
-    return o
+def selection(args: argparse.Namespace) -> dict[str, Any]:
+    """The image selection: ``--dataset imagenet`` defaults to the paper's (one box, area < 25% of the image)."""
+    paper = args.dataset == "imagenet" and not args.all_images
+    single = bool(args.single_object) if args.single_object is not None else paper
+    if args.all_images and args.single_object:
+        raise ValueError("--all-images and --single-object contradict each other; give one")
+    area = args.max_box_area if args.max_box_area is not None else (0.25 if single else None)
+    return {"single_object": single, "max_box_area": area,
+            "rule": (f"one box, area < {area:g} of the image" if single else "every image with a box")
+            + (" (the paper's default for imagenet)" if paper and args.single_object is None else "")}
 
 
-def _load_model(args: argparse.Namespace) -> torch.nn.Module:
-    from lastvit import create_model
-
-    agg_kw: dict[str, Any] = {}
-    if args.k is not None and (args.aggregator or "").lower() == "lazystrike":
-        agg_kw["k"] = int(args.k) if args.k >= 1 else float(args.k)
-    if args.checkpoint:
-        if not Path(args.checkpoint).is_file():
-            raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
-        model = create_model(args.model, checkpoint=args.checkpoint, aggregator=args.aggregator,
-                             aggregator_kwargs=agg_kw or None)
-    elif args.model:
-        model = create_model(args.model, aggregator=args.aggregator, aggregator_kwargs=agg_kw or None)
-    else:
-        raise ValueError("give --checkpoint (or --model for a randomly initialised model)")
-    if not hasattr(model, "forward_tokens"):  # whole-CLIP models: analyse the image tower
-        visual = getattr(model, "visual", None)
-        if visual is None or not hasattr(visual, "forward_tokens"):
-            raise ValueError(f"{args.checkpoint}: the model has no ViT image tower to analyse")
-        model = visual
-    return model.to(args.device).eval()
-
-
-def _load_data(args: argparse.Namespace, model: torch.nn.Module):
+def _load_data(args: argparse.Namespace, model: torch.nn.Module, sel: dict[str, Any]):
     from lastvit.data import build_eval_dataset, collate
 
     size = args.image_size or int(model.arch.get("img_size", 224))
@@ -116,10 +98,11 @@ def _load_data(args: argparse.Namespace, model: torch.nn.Module):
         resize = size if args.dataset == "synthetic" else round(size * 256 / 224)
     if args.root is None:
         raise ValueError("--root is required (the dataset directory)")
+    opts = {"ann_dir": args.ann_dir} if args.ann_dir else {}
     ds = build_eval_dataset(args.dataset, args.root, split=args.split, image_size=size, resize=resize,
-                            single_object=args.single_object,
-                            max_box_area=1.0 if args.max_box_area is None else args.max_box_area,
-                            limit=args.limit)
+                            single_object=sel["single_object"],
+                            max_box_area=1.0 if sel["max_box_area"] is None else sel["max_box_area"],
+                            limit=args.limit, **opts)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.num_workers, collate_fn=collate)
     return ds, loader
@@ -133,244 +116,82 @@ def _progress(it, args: argparse.Namespace, total: int, desc: str):
     return tqdm(it, total=total, desc=desc, unit="batch")
 
 
-def _config(args: argparse.Namespace, model: torch.nn.Module, ds: Any) -> dict[str, Any]:
-    cfg = {k: v for k, v in vars(args).items() if k != "func"}
-    cfg["model_config"] = model.config() if hasattr(model, "config") else None
-    cfg["dataset_size"] = len(ds)
-    return cfg
-
-
-def _skipped(ds: Any) -> tuple[int, dict[str, int]]:
+def _skipped(ds: Any) -> dict[str, int]:
     sk = getattr(ds, "skipped", None)
     if sk is None:
-        return 0, {}
+        return {}
     if isinstance(sk, dict):
-        counts = {str(k): (len(v) if isinstance(v, list | tuple | set) else int(v)) for k, v in sk.items()}
-        return sum(counts.values()), counts
+        return {str(k): (len(v) if isinstance(v, list | tuple | set) else int(v)) for k, v in sk.items()}
     if isinstance(sk, int):
-        return sk, {"dataset": sk}
+        return {"dataset": sk}
     reasons: dict[str, int] = {}
     for item in sk:
         r = item[1] if isinstance(item, list | tuple) and len(item) > 1 else "dataset"
         reasons[str(r)] = reasons.get(str(r), 0) + 1
-    return len(sk), reasons
+    return reasons
 
 
-def _fg(batch: dict[str, Any], grid: tuple[int, int], patch: int) -> torch.Tensor:
-    from lastvit.analysis.pib import foreground_patches
-
-    return foreground_patches(batch["boxes"], grid, patch_size=patch, masks=batch.get("mask"))
-
-
-# ----------------------------------------------------------------------------------------------- commands
-def run_analyze(args: argparse.Namespace) -> int:
-    from lastvit.analysis.dynamics import write_csv
-
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = _load_model(args)
-    ds, loader = _load_data(args, model)
-    mean, std = getattr(ds, "mean", None), getattr(ds, "std", None)
-    total = len(loader)
-    metrics, rows, figs = globals()[f"_run_{args.kind}"](args, model, loader, total, mean, std, out)
-    n_skip, reasons = _skipped(ds)
-    if args.kind == "pib":
-        metrics["num_skipped"] += n_skip
-        metrics["skipped"].update({f"dataset:{k}": v for k, v in reasons.items()})
-    else:
-        metrics.setdefault("dataset_skipped", reasons)
-    csv_name = f"{args.kind}_rows.csv"
-    if rows:
-        write_csv(out / csv_name, rows)
-    result = {"kind": args.kind, "metrics": metrics, "config": _config(args, model, ds),
-              "files": {"rows": csv_name if rows else None, "figures": [Path(f).name for f in figs]}}
-    _atomic_json(out / "metrics.json", result)
-    headline = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    print(json.dumps(_clean({"kind": args.kind, **headline})))
-    return 0
-
-
-def _run_pib(args, model, loader, total, mean, std, out):
-    from lastvit.analysis.pib import evaluate_pib
-    from lastvit.analysis.scores import patch_scores
-    from lastvit.viz import plot_score_overlays
-
-    metrics, rows = evaluate_pib(model, _progress(loader, args, total, "pib"), source=args.source,
-                                 device=args.device)
-    figs = []
-    first = next(iter(loader), None)
-    if first is not None:
-        x = first["image"][: args.num_figures].to(args.device)
-        s, _ = patch_scores(model, x, source=args.source)
-        figs.append(plot_score_overlays(x.cpu(), s.cpu(), out / "pib_overlays.png", boxes=first["boxes"],
-                                        mean=mean, std=std, titles=[str(i) for i in first.get("id", [])]))
-    return metrics, rows, figs
-
-
-def _run_scores(args, model, loader, total, mean, std, out):
-    from lastvit.analysis.distributions import auroc, normalise_scores, score_distributions
-    from lastvit.analysis.scores import patch_scores
-    from lastvit.viz import plot_fg_bg_hist, plot_score_overlays
-
-    all_s, all_fg, rows, figs = [], [], [], []
-    for bi, batch in enumerate(_progress(loader, args, total, "scores")):
-        x = batch["image"].to(args.device)
-        s, rec = patch_scores(model, x, source=args.source)
-        s = s.cpu()
-        fg = _fg(batch, rec.grid, model.patch_size)
-        sn = normalise_scores(s)
-        for i in range(s.shape[0]):
-            rows.append({"id": str(batch["id"][i]) if "id" in batch else str(len(rows)),
-                         "mean_fg": float(sn[i][fg[i]].mean()) if fg[i].any() else "",
-                         "mean_bg": float(sn[i][~fg[i]].mean()) if (~fg[i]).any() else "",
-                         "auroc": auroc(s[i][fg[i]], s[i][~fg[i]]) if fg[i].any() and (~fg[i]).any() else ""})
-        all_s.append(s)
-        all_fg.append(fg)
-        if bi == 0:
-            figs.append(plot_score_overlays(x.cpu()[: args.num_figures], s, out / "score_overlays.png",
-                                            boxes=batch["boxes"], mean=mean, std=std))
-    dist = score_distributions(torch.cat(all_s), torch.cat(all_fg))
-    figs.insert(0, plot_fg_bg_hist(dist, out / "score_hist.png", title=getattr(model, "aggregator_name", "")))
-    metrics = {k: v for k, v in dist.items() if not isinstance(v, torch.Tensor)}
-    metrics["num_images"] = len(rows)
-    metrics["histogram"] = {"edges": dist["edges"], "fg": dist["hist_fg"], "bg": dist["hist_bg"]}
-    return metrics, rows, figs
-
-
-def _run_masking(args, model, loader, total, mean, std, out):
-    from lastvit.analysis.masking import run_masking_probe
-    from lastvit.viz import plot_masking_curves
-
+def _options(args: argparse.Namespace) -> dict[str, Any]:
     try:
         fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     except ValueError:
         raise ValueError(f"--fractions must be comma-separated numbers, got {args.fractions!r}") from None
-    res = run_masking_probe(model, _progress(loader, args, total, "masking"), device=args.device,
-                            fractions=fractions, mode=args.mode, fill=args.fill, source=args.source, seed=args.seed)
-    rows = []
-    for li, (f, k) in enumerate(zip(res["fractions"], res["num_removed"])):
-        for o in res["accuracy"]:
-            rows.append({"fraction": f, "num_removed": k, "order": o, "accuracy": res["accuracy"][o][li],
-                         "agreement": res["agreement"][o][li]})
-    figs = [plot_masking_curves(res, out / "masking_curves.png",
-                                title=f"{args.mode} masking ({args.fill})" if args.mode == "pixel" else "token drop")]
-    metrics = {k: res[k] for k in ("fractions", "num_removed", "num_patches", "accuracy", "agreement",
-                                   "clean_accuracy", "num_images")}
-    return metrics, rows, figs
-
-
-def _run_norms(args, model, loader, total, mean, std, out):
-    from lastvit.analysis.norms import layer_summary, outlier_stats, token_norms
-    from lastvit.viz import plot_norm_hist
-
-    blocks, final, fgs, ids = [], [], [], []
-    for batch in _progress(loader, args, total, "norms"):
-        x = batch["image"].to(args.device)
-        n = token_norms(model, x)
-        blocks.append(n["blocks"])
-        final.append(n["final"])
-        fgs.append(_fg(batch, tuple(n["final"].shape[-2:]), model.patch_size))
-        ids.extend(str(i) for i in batch.get("id", range(len(ids), len(ids) + x.shape[0])))
-    norms = {"blocks": torch.cat(blocks, dim=1), "final": torch.cat(final)}
-    fg = torch.cat(fgs)
     try:
-        method: str | float = float(args.threshold)
+        threshold: str | float = float(args.threshold)
     except ValueError:
-        method = args.threshold
-    last = norms["blocks"][-1]
-    st_last = outlier_stats(last, method=method, k=args.mad_k, foreground=fg)
-    st_final = outlier_stats(norms["final"], method=method, k=args.mad_k, foreground=fg)
-    thr = st_last["threshold"]
-    rows = []
-    for i, name in enumerate(ids):
-        v = last[i]
-        rows.append({"id": name, "max_norm_last_block": float(v.max()), "mean_norm_last_block": float(v.mean()),
-                     "num_outliers": int((v > thr).sum())})
-    figs = [plot_norm_hist({"last block (pre-norm)": last}, out / "norm_hist.png", threshold=thr,
-                           title="patch-token norms"),
-            plot_norm_hist({"after final norm": norms["final"]}, out / "norm_hist_final.png",
-                           threshold=st_final["threshold"])]
-    metrics = {"last_block": st_last, "final": st_final, "per_layer": layer_summary(norms), "num_images": len(ids)}
-    return metrics, rows, figs
+        threshold = args.threshold
+    # the selection itself is the dataset's (build_eval_dataset counts what it leaves out)
+    return {"source": args.source, "fractions": fractions, "mode": args.mode, "fill": args.fill, "seed": args.seed,
+            "threshold": threshold,
+            "mad_k": args.mad_k, "k": _k(args.k), "layer": args.layer, "num_figures": args.num_figures,
+            "device": args.device}
 
 
-def _run_votes(args, model, loader, total, mean, std, out):
-    from lastvit.analysis.pib import point_in_box
-    from lastvit.analysis.votes import vote_maps
-    from lastvit.viz import plot_vote_maps
+# ----------------------------------------------------------------------------------------------- command
+def run_analyze(args: argparse.Namespace) -> int:
+    from lastvit.analysis.runs import KINDS as RUNS
+    from lastvit.analysis.runs import check_layer
+    from lastvit.analysis.scores import resolve_source
+    from lastvit.cli._common import load_model
+    from lastvit.io import to_json, write_csv, write_json
 
-    kw = {} if args.k is None else {"k": int(args.k) if args.k >= 1 else float(args.k)}
-    rows, figs = [], []
-    share, hits = [], []
-    for bi, batch in enumerate(_progress(loader, args, total, "votes")):
-        x = batch["image"].to(args.device)
-        res = vote_maps(model, x, **kw)
-        v = res["votes"]
-        fg = _fg(batch, res["grid"], model.patch_size)
-        pib = point_in_box(v.float(), batch["boxes"], patch_size=model.patch_size)
-        for i in range(v.shape[0]):
-            sh = float(v[i][fg[i]].sum() / v[i].sum())
-            share.append(sh)
-            hits.append(int(pib["hit_any"][i]))
-            rows.append({"id": str(batch["id"][i]) if "id" in batch else str(len(rows)), "vote_share_fg": sh,
-                         "fg_fraction": float(fg[i].float().mean()), "top_vote_hit_any": hits[-1],
-                         **{f"patches_over_{int(100 * f)}pct": int(m[i].sum()) for f, m in res["maps"].items()}})
-        if bi == 0:
-            figs.append(plot_vote_maps(x.cpu(), v, res["maps"], out / "vote_maps.png", mean=mean, std=std,
-                                       boxes=batch["boxes"], max_images=args.num_figures))
-    metrics = {"k": res["k"], "vote_share_fg": sum(share) / len(share), "top_vote_pib": sum(hits) / len(hits),
-               "fg_fraction": sum(r["fg_fraction"] for r in rows) / len(rows), "num_images": len(rows)}
-    return metrics, rows, figs
-
-
-def _run_pca(args, model, loader, total, mean, std, out):
-    from lastvit.analysis.pca import foreground_pca_rgb, pca_rgb
-    from lastvit.viz import plot_pca
-
-    feats, imgs, grid = [], [], None
-    need = args.num_figures
-    for batch in _progress(loader, args, total, "pca"):
-        x = batch["image"][: need - len(imgs)].to(args.device)
-        rec = model.forward_tokens(x)
-        feats.append(rec.patches.cpu())
-        imgs.extend(x.cpu())
-        grid = rec.grid
-        if len(imgs) >= need:
-            break
-    f = torch.cat(feats)
-    images = torch.stack(imgs)
-    rgb = pca_rgb(f, grid)
-    fg_rgb, fg = foreground_pca_rgb(f, grid)
-    figs = [plot_pca(images, rgb, out / "pca.png", mean=mean, std=std, title="PCA of patch features"),
-            plot_pca(images, fg_rgb, out / "pca_foreground.png", mean=mean, std=std,
-                     title="foreground PCA (2-stage)")]
-    return {"num_images": len(imgs), "grid": list(grid), "pca_fg_fraction": float(fg.float().mean())}, [], figs
-
-
-def _run_attention(args, model, loader, total, mean, std, out):
-    from lastvit.analysis.attention import cls_attention_maps
-    from lastvit.analysis.pib import point_in_box
-    from lastvit.viz import plot_attention
-
-    rows, figs = [], []
-    for bi, batch in enumerate(_progress(loader, args, total, "attention")):
-        x = batch["image"].to(args.device)
-        a = cls_attention_maps(model, x, layer=args.layer)
-        m = a["mean"]
-        fg = _fg(batch, tuple(m.shape[-2:]), model.patch_size)
-        pib = point_in_box(m, batch["boxes"], patch_size=model.patch_size)
-        for i in range(m.shape[0]):
-            tot = float(m[i].sum())
-            rows.append({"id": str(batch["id"][i]) if "id" in batch else str(len(rows)),
-                         "attn_fg_share": float(m[i][fg[i]].sum()) / tot if tot > 0 else "",
-                         "prefix_mass": float(a["prefix_mass"][i].mean()),
-                         "top_attn_hit_any": int(pib["hit_any"][i])})
-        if bi == 0:
-            figs.append(plot_attention(x.cpu(), a["heads"], out / "cls_attention.png", mean=mean, std=std,
-                                       max_images=args.num_figures))
-    shares = [r["attn_fg_share"] for r in rows if r["attn_fg_share"] != ""]
-    metrics = {"layer": args.layer, "attn_fg_share": sum(shares) / max(len(shares), 1),
-               "top_attn_pib": sum(r["top_attn_hit_any"] for r in rows) / len(rows),
-               "prefix_mass": sum(r["prefix_mass"] for r in rows) / len(rows), "num_images": len(rows)}
-    return metrics, rows, figs
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    agg_kw = {"k": _k(args.k)} if args.k is not None and (args.aggregator or "").lower() == "lazystrike" else None
+    model, load_report = load_model(args, aggregator_kwargs=agg_kw)
+    model = model.to(args.device).eval()
+    if args.kind == "attention":
+        check_layer(model, args.layer)  # refused before anything is read or written
+    sel = selection(args)
+    opts = _options(args)
+    ds, loader = _load_data(args, model, sel)
+    out.mkdir(parents=True, exist_ok=True)
+    mean, std = getattr(ds, "mean", None), getattr(ds, "std", None)
+    metrics, rows, figs = RUNS[args.kind](model, _progress(loader, args, len(loader), args.kind), out=out, mean=mean,
+                                          std=std, **opts)
+    reasons = _skipped(ds)
+    if args.kind == "pib":
+        metrics["num_skipped"] += sum(reasons.values())
+        metrics["skipped"].update({f"dataset:{k}": v for k, v in reasons.items()})
+        if metrics["num_images"] == 0:
+            where = f"annotations in {args.ann_dir}" if args.ann_dir else "the reader's default annotation folder"
+            raise ValueError(f"{args.dataset} dataset at {args.root}: no image with a box to score (looked for "
+                             f"{where}; skipped: {metrics['skipped'] or 'none'}); point at the boxes with --ann-dir "
+                             f"or turn the selection off with --all-images")
+        metrics["source"] = resolve_source(model, args.source)
+    else:
+        metrics.setdefault("dataset_skipped", reasons)
+    if args.kind in ("scores", "masking"):
+        metrics["source"] = resolve_source(model, args.source)
+    csv_name = f"{args.kind}_rows.csv"
+    if rows:
+        write_csv(out / csv_name, rows)
+    cfg = {k: v for k, v in vars(args).items() if k != "func"}
+    cfg.update(model_config=model.config() if hasattr(model, "config") else None, dataset_size=len(ds),
+               selection=sel)
+    result = {"kind": args.kind, "metrics": metrics, "config": cfg, "load": load_report,
+              "files": {"rows": csv_name if rows else None, "figures": [Path(f).name for f in figs]}}
+    write_json(out / "metrics.json", result)
+    headline = {k: v for k, v in metrics.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    print(to_json({"kind": args.kind, **headline}, indent=None))
+    return 0

@@ -28,6 +28,7 @@ __all__ = [
     "plot_norm_hist",
     "plot_vote_maps",
     "plot_pca",
+    "pca_figure",
     "plot_attention",
     "plot_dynamics",
 ]
@@ -63,10 +64,11 @@ def to_display(image: Any, mean: Sequence[float] | None = IMAGENET_MEAN,
     return np.clip(im, 0, 1)
 
 
-def _grid_axes(fig: Figure, rows: int, cols: int, right: float = 0.99):
+def _grid_axes(fig: Figure, rows: int, cols: int, right: float = 0.99, top: float | None = None):
     axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
-    fig.subplots_adjust(left=0.01, right=right, bottom=0.01, top=0.92 if rows == 1 else 0.96, wspace=0.06,
-                        hspace=0.12)
+    if top is None:
+        top = 0.92 if rows == 1 else 0.96
+    fig.subplots_adjust(left=0.01, right=right, bottom=0.01, top=top, wspace=0.06, hspace=0.12)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -216,16 +218,25 @@ def plot_vote_maps(images: Any, votes: Any, maps: Mapping[float, Any], path: str
 def plot_pca(images: Any, rgb: Any, path: str | os.PathLike, *, mean: Sequence[float] | None = IMAGENET_MEAN,
              std: Sequence[float] | None = IMAGENET_STD, max_images: int = 8, title: str | None = None) -> Path:
     """Images (top row) and the PCA-RGB of their patch features (bottom row) (paper Fig. 7)."""
+    return save_figure(pca_figure(images, rgb, mean=mean, std=std, max_images=max_images, title=title), path,
+                       tight=False)
+
+
+def pca_figure(images: Any, rgb: Any, *, mean: Sequence[float] | None = IMAGENET_MEAN,
+               std: Sequence[float] | None = IMAGENET_STD, max_images: int = 8, title: str | None = None) -> Figure:
+    """The figure of :func:`plot_pca`; a title gets its own band above the images (it never overlaps them)."""
     imgs, p = _np(images), _np(rgb)
     b = min(len(imgs), max_images)
-    fig = Figure(figsize=(2.1 * b, 4.4))
-    axes = _grid_axes(fig, 2, b)
+    band = 0.4 if title else 0.05  # inches above the grid
+    height = 2 * 2.1 + band  # two rows of 2.1-inch tiles
+    fig = Figure(figsize=(2.1 * b, height))
+    axes = _grid_axes(fig, 2, b, top=1.0 - band / height)
     for i in range(b):
         axes[0, i].imshow(to_display(imgs[i], mean, std))
         axes[1, i].imshow(p[i], interpolation="nearest")
     if title:
-        fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path, tight=False)
+        fig.suptitle(title, fontsize=10, y=1.0 - 0.08 / height, va="top")
+    return fig
 
 
 def plot_attention(images: Any, maps: Any, path: str | os.PathLike, *, mean: Sequence[float] | None = IMAGENET_MEAN,
