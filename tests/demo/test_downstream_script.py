@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "downstream_synthetic
 def test_downstream_script_on_a_tiny_study(tmp_path, monkeypatch, capsys):
     cfg = {"name": "t", "paradigm": "text", "seeds": [0, 1], "readouts": {"lazystrike": {"k": 2}},
            "test_images": 8, "overrides": {"trainer.max_steps": 1, "data.train_size": 32, "data.val_size": 16,
-                                            "optim.batch_size": 16}}
+                                            "data.global_batch": 16}}
     run_study(cfg, tmp_path, verbose=False)
     monkeypatch.setattr(sys, "argv", ["downstream_synthetic.py", "--study", str(tmp_path), "--images", "6"])
     runpy.run_path(str(SCRIPT), run_name="__main__")

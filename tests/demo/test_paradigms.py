@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from lastvit import create_model
+from lastvit.analysis.suite import diagnose
 from lastvit.cli import main
 from lastvit.data.synthetic import SyntheticConfig, SyntheticDataset
-from lastvit.demo import evaluate_readout
 from lastvit.paradigms import paradigm_recipe
 from lastvit.study import run_study
 
-TEXT_TINY = ["trainer.max_steps=3", "data.train_size=64", "data.val_size=32", "optim.batch_size=32",
+TEXT_TINY = ["trainer.max_steps=3", "data.train_size=64", "data.val_size=32", "data.global_batch=32",
              "optim.warmup_steps=1", "trainer.progress_bar=false"]
 SELF_TINY = ["trainer.max_epochs=1", "trainer.max_steps=2", "data.train_size=64", "data.val_size=32",
              "data.global_batch=32", "trainer.progress_bar=false"]
@@ -55,7 +55,7 @@ def test_demo_all_rejects_overrides(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
-def test_evaluate_readout_uses_the_given_classifier(tmp_path):
+def test_diagnose_uses_the_given_classifier(tmp_path):
     ds = SyntheticDataset(SyntheticConfig(num_classes=4, image_size=32, seed=1), "test", size=24)
     model = create_model("vit_micro_patch8_64", img_size=32, num_classes=4, aggregator="lazystrike",
                          aggregator_kwargs={"k": 2})
@@ -64,18 +64,17 @@ def test_evaluate_readout_uses_the_given_classifier(tmp_path):
     def always_two(pooled):
         return torch.nn.functional.one_hot(torch.full((pooled.shape[0],), 2), 4).float()
 
-    r = evaluate_readout(model, ds, num_images=24, out=tmp_path, tag="t", predict=always_two, masking=False)
-    assert r["accuracy"] == pytest.approx(float((labels == 2).float().mean()))
-    assert r["masking"] is None and r["_features"].shape == (24, model.embed_dim)
-    assert torch.equal(r["_labels"], labels)
-    assert evaluate_readout(model, ds, num_images=24, out=tmp_path, tag="t", predict=None,
-                            masking=False)["accuracy"] is None
+    r = diagnose(model, ds, num_images=24, predict=always_two, masking=False)
+    assert r.metrics["accuracy"] == pytest.approx(float((labels == 2).float().mean()))
+    assert r.metrics["masking"] is None and r.features.shape == (24, model.embed_dim)
+    assert torch.equal(r.labels, labels)
+    assert diagnose(model, ds, num_images=24, predict=None, masking=False).metrics["accuracy"] is None
 
 
 def test_study_text_paradigm(tmp_path):
     cfg = {"name": "t", "paradigm": "text", "seeds": [0], "readouts": {"cls": {}}, "test_images": 16,
            "overrides": {"trainer.max_steps": 2, "data.train_size": 64, "data.val_size": 32,
-                         "optim.batch_size": 32}}
+                         "data.global_batch": 32}}
     res = run_study(cfg, tmp_path, verbose=False)
     assert res["runs"][0]["paradigm"] == "text"
     assert res["runs"][0]["metrics"]["accuracy_name"] == "zero-shot top-1"
