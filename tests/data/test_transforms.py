@@ -105,3 +105,50 @@ def test_resize_exact_and_long_side_cap():
     assert Resize((20, 30)).output_size(7, 9) == (20, 30)
     s = Resize(8)(_sample(4, 4, [[1, 1, 3, 2]]))
     assert torch.equal(s["boxes"], torch.tensor([[2.0, 2.0, 6.0, 4.0]]))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation policy
+def _tiny(img_size=32, head="linear"):
+    from lastvit import create_model
+
+    return create_model(None, img_size=img_size, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3,
+                        head=head)
+
+
+def test_default_normalisation_order(tmp_path):
+    from lastvit.data import default_normalisation
+    from lastvit.data.transforms import CLIP_MEAN, IMAGENET_MEAN
+
+    vit, proj = _tiny(), _tiny(head="proj")
+    assert default_normalisation(vit).mean == IMAGENET_MEAN
+    assert default_normalisation(proj).mean == CLIP_MEAN
+    syn = tmp_path / "syn"
+    (syn / "Masks").mkdir(parents=True)
+    (syn / "metrics.json").write_text('{"config": {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.4, 0.4]}}')
+    n = default_normalisation(proj, syn)  # a synthetic tree's own statistics beat the model family
+    assert n.mean == (0.1, 0.2, 0.3) and n.std == (0.4, 0.4, 0.4) and n.source == "synthetic tree"
+    rec = {"data": {"mean": [0.7, 0.7, 0.7], "std": [0.2, 0.2, 0.2]}}
+    n = default_normalisation(proj, syn, extra=rec)  # what the checkpoint records beats both
+    assert n.mean == (0.7, 0.7, 0.7) and n.source == "checkpoint"
+
+
+def test_eval_settings_from_model_checkpoint_and_user():
+    from lastvit.data import eval_settings
+
+    m = _tiny(img_size=64)
+    ev = eval_settings(m, "imagenet")
+    assert (ev.image_size, ev.resize) == (64, 73)  # floor(64 / 0.875), timm's rule
+    assert ev.sources["image_size"] == "model img_size"
+    assert (eval_settings(_tiny(img_size=224), "imagenet").image_size,
+            eval_settings(_tiny(img_size=224), "imagenet").resize) == (224, 256)
+    assert (eval_settings(m, "synthetic").image_size, eval_settings(m, "synthetic").resize) == (64, 64)
+    rec = {"data": {"image_size": 48, "crop_pct": 0.75}}
+    ev = eval_settings(m, "imagenet", extra=rec)
+    assert (ev.image_size, ev.resize) == (48, 64) and ev.sources["image_size"] == "checkpoint"
+    ev = eval_settings(m, "imagenet", extra=rec, image_size=40, resize=50, mean=(0.5, 0.5, 0.5))
+    assert (ev.image_size, ev.resize, ev.mean) == (40, 50, (0.5, 0.5, 0.5))
+    assert ev.sources["image_size"] == ev.sources["resize"] == ev.sources["mean"] == "user"
+    d = ev.to_dict()
+    assert d["image_size"] == 40 and d["sources"]["std"].startswith("ImageNet")
+    x = {"image": torch.zeros(3, 60, 80, dtype=torch.uint8)}
+    assert tuple(ev.transform()(x)["image"].shape) == (3, 40, 40)

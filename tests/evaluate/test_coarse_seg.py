@@ -34,3 +34,52 @@ def test_evaluate_coarse_seg_runs_and_counts_ignore():
     assert res["images"] == 1 and res["per_image"][0]["id"] == "im"
     assert 0.0 <= res["jaccard"] <= 100.0
     assert abs(res["per_image"][0]["fg_fraction_gt"] - 135 / 600) < 1e-9  # 10x15 object minus 15 ignore pixels
+
+
+def _fixed_scores(monkeypatch, maps):
+    """Patch scores by hand: the i-th image gets maps[i] (a (h, w) grid), so the predicted mask is known."""
+    import lastvit.evaluate.coarse_seg as cs
+
+    it = iter(maps)
+    monkeypatch.setattr(cs, "model_patch_scores", lambda model, x: next(it)[None])
+
+
+def test_both_protocols_from_their_definitions(monkeypatch):
+    # 16x32 image, 8-px patches -> 2x4 grid; the prediction ("mean" rule) is exactly patch (0, 0)
+    score = torch.zeros(2, 4)
+    score[0, 0] = 1.0
+    seg = torch.zeros(16, 32, dtype=torch.long)
+    seg[0:8, 0:8] = 1  # object A = the predicted patch, 64 px
+    seg[8:16, 16:32] = 2  # object B, 128 px, missed
+    empty = torch.zeros(16, 32, dtype=torch.long)  # an image without objects
+    _fixed_scores(monkeypatch, [score, score])
+    model = create_model("vit_micro_patch8_64", num_classes=0)
+    res = evaluate_coarse_seg(model, [{"image": torch.zeros(3, 16, 32), "seg": seg, "id": "two"},
+                                      {"image": torch.zeros(3, 16, 32), "seg": empty, "id": "none"}], rule="mean")
+    # per image: |P & FG| / |P | FG| = 64 / 192 for the first, 0 / 64 for the second; mean over the 2 images
+    assert res["protocols"]["per_image"] == res["jaccard"]
+    assert abs(res["jaccard"] - 100 * (64 / 192 + 0.0) / 2) < 1e-9
+    # per object: A scores 64/64, B scores 0/(64+128); mean over the dataset's 2 objects (the empty image adds none)
+    assert res["objects"] == 2
+    assert abs(res["jaccard_per_object"] - 100 * (1.0 + 0.0) / 2) < 1e-9
+    assert res["protocols"]["per_object"] == res["jaccard_per_object"]
+    rows = {r["id"]: r for r in res["per_image"]}
+    assert rows["two"]["objects"] == 2 and rows["none"]["objects"] == 0
+    assert rows["none"]["jaccard_per_object"] != rows["none"]["jaccard_per_object"]  # NaN: no objects
+
+
+def test_objects_from_instances_and_from_boxes():
+    from lastvit.evaluate.coarse_seg import object_masks
+
+    seg = torch.zeros(4, 6, dtype=torch.long)
+    seg[:, 0:2] = 3
+    seg[:, 4:6] = 3  # two instances of one class: one class region
+    inst = torch.zeros(4, 6, dtype=torch.long)
+    inst[:, 0:2], inst[:, 4:6] = 1, 2
+    assert len(object_masks({"seg": seg}, seg)) == 1
+    objs = object_masks({"seg": seg, "instances": inst}, seg)
+    assert [int(o.sum()) for o in objs] == [8, 8]
+    mask = (seg > 0).long()  # a binary mask cut by the boxes (pixel-edge xyxy)
+    objs = object_masks({"mask": mask, "boxes": torch.tensor([[0.0, 0.0, 2.0, 4.0], [4.0, 0.0, 6.0, 2.0]])}, mask)
+    assert [int(o.sum()) for o in objs] == [8, 4]
+    assert len(object_masks({"mask": mask}, mask)) == 1

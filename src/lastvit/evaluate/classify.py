@@ -97,7 +97,10 @@ class _Batches:
     def __iter__(self) -> Iterator[dict]:
         from lastvit.data import collate
 
-        if hasattr(self.data, "__getitem__") and hasattr(self.data, "__len__"):
+        self.empty = 0  # counted per pass (the head and the probes read the test set twice)
+        d = self.data
+        if isinstance(d, torch.utils.data.Dataset) or (hasattr(d, "__getitem__") and hasattr(d, "__len__")
+                                                       and not isinstance(d, (list, tuple))):
             it: Iterable = torch.utils.data.DataLoader(self.data, batch_size=self.batch_size, shuffle=False,
                                                        num_workers=self.num_workers, collate_fn=collate)
         else:  # already batches (a DataLoader, a list of dict batches or (images, labels) pairs)
