@@ -9,7 +9,7 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead
 
-from lastvit.detection.backbone import FViTBackbone, frozen_taps, fvit_last_block
+from lastvit.detection.backbone import FViTBackbone, frozen_taps
 from lastvit.detection.ensemble import ensemble_scores
 from lastvit.detection.model import (
     L1RPN,
@@ -153,12 +153,17 @@ def _tiny_vit() -> LastViT:
 
 def test_fvit_last_block_is_value_path_with_residual_and_ffn():
     vit = _tiny_vit().eval()
-    x = torch.randn(2, 17, 32)
+    images = torch.randn(2, 3, 32, 32)
+    tokens, grid = vit.embed(images)
+    x = vit.forward_blocks(tokens, grid, upto=3)
     blk = vit.encoder.blocks[-1]
     v = blk.attn.qkv(blk.norm1(x))[..., 64:]  # the value third of qkv (heads are contiguous)
     y = x + blk.attn.proj(v)
     want = y + blk.mlp(blk.norm2(y))
-    torch.testing.assert_close(fvit_last_block(blk, x), want)
+    maps, dmap = frozen_taps(vit, images, (0, 1, 2, 3), "fvit", dense=True)
+    torch.testing.assert_close(maps[3], want[:, 1:].reshape(2, 4, 4, 32).permute(0, 3, 1, 2))
+    proj = torch.nn.functional.normalize(vit.head(vit.encoder.norm(want)[:, 1:]), dim=-1)
+    torch.testing.assert_close(dmap, proj.reshape(2, 4, 4, 16).permute(0, 3, 1, 2))
 
 
 def test_backbone_frozen_taps_and_pyramid_strides():

@@ -5,7 +5,8 @@ feature pyramid (CLIPSelf ``F-ViT/models/evaclip_vit.py``; the OpenAI-CLIP port 
 * taps: the outputs of blocks ``taps`` (B/16: 3, 5, 7, 11; L/14: 6, 10, 14, 23), prefix tokens dropped, reshaped to
   (D, h, w) maps. Not final-normed (as F-ViT).
 * last block ``"fvit"``: attention replaced by the value path, residual and FFN kept:
-  ``x + ls1(proj(v(norm1(x))))`` then ``+ ls2(mlp(norm2(.)))``; ``"vanilla"`` runs the block as trained.
+  ``x + ls1(proj(v(norm1(x))))`` then ``+ ls2(mlp(norm2(.)))`` (:func:`lastvit.evaluate.dense.fvit_taps`);
+  ``"vanilla"`` runs the block as trained.
 * dense CLIP map (eval only, for the ensemble): ``normalize(head(norm(last_block_output[:, P:])))``.
 * simple pyramid on the four taps: ConvT2x2-Norm-GELU-ConvT2x2 (x4), ConvT2x2 (x2), identity (x1), MaxPool2 (x1/2).
 """
@@ -19,26 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lastvit.evaluate.dense import fvit_taps
 from lastvit.models.vit import LastViT, as_vit
 
-__all__ = ["LAST_BLOCKS", "DEFAULT_TAPS", "FViTBackbone", "fvit_last_block", "frozen_taps"]
+__all__ = ["LAST_BLOCKS", "DEFAULT_TAPS", "FViTBackbone", "default_taps", "frozen_taps"]
 
 LAST_BLOCKS = ("fvit", "vanilla")
 #: F-ViT's tapped blocks per depth (12: ViT-B, 24: ViT-L).
 DEFAULT_TAPS = {12: (3, 5, 7, 11), 24: (6, 10, 14, 23)}
-
-
-def fvit_last_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A timm ``Block`` run F-ViT's way on ``x`` (B, L, D): value path instead of attention, residual and FFN kept."""
-    attn = blk.attn
-    b, n, d = x.shape
-    nh = attn.num_heads
-    v = attn.qkv(blk.norm1(x)).reshape(b, n, 3, nh, d // nh)[:, :, 2].reshape(b, n, d)
-    norm = getattr(attn, "norm", None)
-    if norm is not None:
-        v = norm(v)
-    x = x + blk.ls1(attn.proj(v))
-    return x + blk.ls2(blk.mlp(blk.norm2(x)))
 
 
 def default_taps(depth: int) -> tuple[int, ...]:
@@ -59,16 +48,15 @@ def frozen_taps(vit: LastViT, images: torch.Tensor, taps: Sequence[int], last_bl
     """
     if last_block not in LAST_BLOCKS:
         raise ValueError(f"unknown last_block {last_block!r}; choose from {LAST_BLOCKS}")
+    if last_block == "fvit":  # helper D's public F-ViT pass (lastvit.evaluate.dense)
+        maps, dmap = fvit_taps(vit, images, taps)
+        return maps, (F.normalize(dmap, dim=1) if dense else None)
     depth = vit.depth
     taps = [int(t) % depth for t in taps]
     tokens, grid = vit.embed(images)
-    early = [t for t in taps if t < depth - 1]
-    if early:
-        x, outs = vit.forward_blocks(tokens, grid, upto=depth - 1, indices=early)
-    else:
-        x, outs = vit.forward_blocks(tokens, grid, upto=depth - 1), []
-    blk = vit.encoder.blocks[-1]
-    last = fvit_last_block(blk, x) if last_block == "fvit" else blk(x)
+    early = sorted({t for t in taps if t < depth - 1})
+    x, outs = vit.forward_blocks(tokens, grid, upto=depth - 1, indices=early)
+    last = vit.encoder.blocks[-1](x)  # vanilla: the block as trained
     by_index = dict(zip(early, outs))
     by_index[depth - 1] = last
     p = vit.num_prefix_tokens
