@@ -387,14 +387,3 @@ def export(module: ClipModule, out_dir: str | os.PathLike, extra: dict[str, Any]
     """``model.pt``: the whole CLIP (both towers, tokenizer settings) in lastvit's CLIP format (rank 0 only)."""
     save_clip(module.model, Path(out_dir) / "model.pt", extra=extra)
     return {"model": "model.pt", "lightning": "checkpoints/last.ckpt"}
-
-
-def fit(cfg: dict[str, Any], out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Deprecated: ``lastvit.train.fit(cfg)`` (this thin wrapper goes once every caller has switched)."""
-    from lastvit.train.runner import fit as run
-
-    cfg = dict(cfg)
-    cfg["task"] = "clip"
-    if out_dir is not None:
-        cfg["out_dir"] = str(out_dir)
-    return run(cfg)

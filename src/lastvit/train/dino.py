@@ -550,19 +550,3 @@ def export(module: DINOModule, out_dir: str | os.PathLike, extra: dict[str, Any]
     export_dino_checkpoint(module, out / "dino_checkpoint.pth", epoch=epochs)
     save_teacher(module, out / "model.pt", extra={**extra, "epochs": epochs})
     return {"model": "model.pt", "dino_checkpoint": "dino_checkpoint.pth", "lightning": "checkpoints/last.ckpt"}
-
-
-def fit(cfg: dict[str, Any], out_dir: str | os.PathLike | None = None, resume: str | None = None,
-        evaluate: bool = True) -> dict[str, Any]:
-    """Deprecated: ``lastvit.train.fit(cfg)`` (this thin wrapper goes once every caller has switched)."""
-    from lastvit.train.runner import fit as run
-
-    cfg = copy.deepcopy(dict(cfg))
-    cfg["task"] = "dino"
-    if out_dir is not None:
-        cfg["out_dir"] = str(out_dir)
-    if resume is not None:
-        cfg.setdefault("trainer", {})["resume"] = resume
-    if not evaluate:
-        cfg.setdefault("eval", {})["enabled"] = False
-    return run(cfg)
