@@ -251,3 +251,58 @@ def test_zeroshot_seg_cli_mmseg_layout_reduce_zero(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["images"] == 2 and m["pixels"] == 2 * 24 * 16  # the left halves (label 0) are ignored
     assert [r["class"] for r in m["per_class"]] == ["wall", "building"]
+
+
+def test_coarse_seg_cli_seg_layout_both_protocols_and_strict_json(vit_ckpt, tmp_path):
+    """--dataset seg reads --img-dir / --ann-dir; both protocols are reported; a NaN (no objects anywhere) is
+    written as null with its reason, never as a bare NaN."""
+    root = tmp_path / "segtree"
+    (root / "imgs").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(root / "imgs" / f"im{i}.jpg")
+        Image.fromarray(np.zeros((32, 40), np.uint8), mode="L").save(root / "labels" / f"im{i}.png")  # background
+    out = tmp_path / "coarse"
+    assert main(["evaluate", "coarse-seg", "--checkpoint", str(vit_ckpt), "--dataset", "seg", "--root", str(root),
+                 "--img-dir", "imgs", "--ann-dir", "labels", "--out", str(out), "--no-progress"]) == 0
+
+    def refuse(name):
+        raise AssertionError(f"bare {name} in metrics.json")
+
+    m = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    assert m["images"] == 2 and m["objects"] == 0
+    assert {"per_image", "per_object"} <= set(m["protocols"])
+    assert m["jaccard_per_object"] is None and m["jaccard_per_object_null_reason"] == "nan"
+    assert m["protocols"]["per_object"] is None and m["protocols"]["per_object_null_reason"] == "nan"
+    assert m["load_report"]["format"] == "lastvit"
+    assert all(r["jaccard_per_object"] == "" for r in _read_csv(out / "per_image.csv"))
+
+
+def test_coarse_seg_cli_layout_flags_need_dataset_seg(voc, vit_ckpt, tmp_path, capsys):
+    rc = main(["evaluate", "coarse-seg", "--checkpoint", str(vit_ckpt), "--dataset", "voc", "--root", str(voc),
+               "--img-dir", "x", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--img-dir" in err[0]
+
+
+@pytest.mark.parametrize("case", ["no_categories", "no_file_name"])
+def test_discovery_cli_bad_coco_json_is_one_line(tmp_path, vit_ckpt, capsys, case):
+    root = tmp_path / "coco"
+    (root / "train2014").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "train2014" / "a.jpg")
+    img = {"id": 1, "file_name": "a.jpg", "width": 16, "height": 16}
+    d = {"images": [img], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8],
+                                           "area": 64, "iscrowd": 0}],
+         "categories": [{"id": 1, "name": "thing"}]}
+    if case == "no_categories":
+        del d["categories"]
+    else:
+        del img["file_name"]
+    ann = root / "annotations" / "instances_train2014.json"
+    ann.write_text(json.dumps(d))
+    rc = main(["evaluate", "discovery", "--checkpoint", str(vit_ckpt), "--dataset", "coco", "--root", str(root),
+               "--split", "train2014", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "instances_train2014.json" in err[0], err

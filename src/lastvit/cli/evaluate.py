@@ -161,19 +161,13 @@ def _run_coarse(args: argparse.Namespace) -> int:
 
     model, report = load_model(args)
     mean, std, nsrc = _stats(args, model, report.get("extra"))
-    opts: dict[str, Any] = {}
+    layout = {k: getattr(args, k) for k in ("img_dir", "ann_dir", "split_file", "img_suffix", "seg_suffix")
+              if getattr(args, k) is not None}
+    if layout and args.dataset != "seg":
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in layout)} apply to --dataset seg only")
+    opts: dict[str, Any] = dict(layout)
     if args.dataset == "voc":
         opts = {"imageset": "Segmentation", "load_seg": True}
-    elif args.dataset == "seg":
-        for key in ("img_dir", "ann_dir", "split_file", "img_suffix", "seg_suffix"):
-            v = getattr(args, key)
-            if v is not None:
-                opts[key] = v
-    else:
-        given = [f"--{k.replace('_', '-')}" for k in ("img_dir", "ann_dir", "split_file", "img_suffix", "seg_suffix")
-                 if getattr(args, k) is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)} apply to --dataset seg only")
     ds = _dataset(args.dataset, args.root, args.split, image_size=args.image_size, resize=args.resize,
                   mean=mean, std=std, limit=args.limit, **opts)
     t0 = time.perf_counter()
