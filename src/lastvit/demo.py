@@ -55,7 +55,8 @@ class _Eta(Callback):
         total = int(trainer.estimated_stepping_batches)
         print(f"\n[{self.label}] {per:.2f} s per step measured over {step - self.s0} steps on this machine: about "
               f"{per * total / 60:.1f} min to train this readout ({total} steps), about "
-              f"{per * total * self.runs / 60:.1f} min of training for the demo's {self.runs} runs", flush=True)
+              f"{per * total * self.runs / 60:.1f} min of training left for this demo ({self.runs} run"
+              f"{'s' if self.runs > 1 else ''} of this size)", flush=True)
 
 
 def _figures(models: dict[str, Any], diags: dict[str, Any], ds, out: Path) -> dict[str, Path]:
