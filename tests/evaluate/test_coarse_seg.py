@@ -52,16 +52,20 @@ def test_both_protocols_from_their_definitions(monkeypatch):
     seg[0:8, 0:8] = 1  # object A = the predicted patch, 64 px
     seg[8:16, 16:32] = 2  # object B, 128 px, missed
     empty = torch.zeros(16, 32, dtype=torch.long)  # an image without objects
-    _fixed_scores(monkeypatch, [score, score])
+    one = torch.zeros(16, 32, dtype=torch.long)
+    one[0:8, 0:8] = 4  # a single object, exactly the prediction
+    _fixed_scores(monkeypatch, [score, score, score])
     model = create_model("vit_micro_patch8_64", num_classes=0)
     res = evaluate_coarse_seg(model, [{"image": torch.zeros(3, 16, 32), "seg": seg, "id": "two"},
-                                      {"image": torch.zeros(3, 16, 32), "seg": empty, "id": "none"}], rule="mean")
-    # per image: |P & FG| / |P | FG| = 64 / 192 for the first, 0 / 64 for the second; mean over the 2 images
+                                      {"image": torch.zeros(3, 16, 32), "seg": empty, "id": "none"},
+                                      {"image": torch.zeros(3, 16, 32), "seg": one, "id": "one"}], rule="mean")
+    # per image: |P & FG| / |P | FG| = 64/192, 0/64 and 64/64; mean over the 3 images
     assert res["protocols"]["per_image"] == res["jaccard"]
-    assert abs(res["jaccard"] - 100 * (64 / 192 + 0.0) / 2) < 1e-9
-    # per object: A scores 64/64, B scores 0/(64+128); mean over the dataset's 2 objects (the empty image adds none)
-    assert res["objects"] == 2
-    assert abs(res["jaccard_per_object"] - 100 * (1.0 + 0.0) / 2) < 1e-9
+    assert abs(res["jaccard"] - 100 * (64 / 192 + 0.0 + 1.0) / 3) < 1e-9
+    # per object: in "two" A scores 64/64 and B 0/(64+128) -> 0.5; "one" scores 1; "none" has no object and is
+    # left out: mean over the 2 images with objects (not over the 3 objects, which would give 2/3)
+    assert res["objects"] == 3 and res["images_without_objects"] == 1
+    assert abs(res["jaccard_per_object"] - 100 * (0.5 + 1.0) / 2) < 1e-9
     assert res["protocols"]["per_object"] == res["jaccard_per_object"]
     rows = {r["id"]: r for r in res["per_image"]}
     assert rows["two"]["objects"] == 2 and rows["none"]["objects"] == 0

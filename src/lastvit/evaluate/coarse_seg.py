@@ -28,11 +28,14 @@ ground truth" give numbers about 2x apart on the same maps, so both are computed
   the score is the mean over images (an image with an empty union scores 1). This is ``jaccard``.
 * ``"per_object"``: DINO-style, each ground-truth object scored separately against the predicted mask,
   ``|P & O| / |P | O|`` over the valid pixels (pixels of the image's other objects count as false positives for
-  ``O``), and the score is the mean over all objects of the dataset. Objects (:func:`object_masks`): an
+  ``O``); an image scores the mean over its objects and the score is the mean over the images that have objects
+  (the ``get_per_sample_jaccard`` evaluation of the public emergent-segmentation code). Objects
+  (:func:`object_masks`): an
   ``instances`` map when the sample has one (VOC ``SegmentationObject``: each id not in {0, 255}); else each class
   present in ``seg`` (a class region: VOC's ``SegmentationClass`` holds no instances); else a binary ``mask`` cut
   by each of the sample's ``boxes`` (the synthetic benchmark), or the whole mask when there are no boxes. An image
-  without objects adds none. This is ``jaccard_per_object``.
+  without objects is left out of this mean (counted in ``images_without_objects``). This is
+  ``jaccard_per_object``.
 """
 
 from __future__ import annotations
@@ -139,13 +142,15 @@ def evaluate_coarse_seg(
     or a binary foreground ``mask``; see the module docstring.
 
     Returns ``{"jaccard" (per-image protocol, %), "jaccard_per_object" (%), "protocols": {name: value},
-    "binary_miou", "iou_background", "iou_foreground", "images", "objects", "per_image": rows}``.
+    "binary_miou", "iou_background", "iou_foreground", "images", "objects", "images_without_objects",
+    "per_image": rows}``.
     """
     device = torch.device(device)
     model.eval().to(device)
     p = model.patch_size
     rows = []
-    obj_scores: list[float] = []
+    obj_scores: list[float] = []  # per image with objects: the mean over its objects
+    n_objects = 0
     conf = torch.zeros(2, 2, dtype=torch.int64)
     for i, s in enumerate(samples):
         if "seg" in s:
@@ -168,7 +173,9 @@ def evaluate_coarse_seg(
         objs = [o & ~ign for o in object_masks(s, gt, ignore_index)] if ignore_boundary else \
             object_masks(s, gt, ignore_index)
         obj_j = per_object_jaccard(fg, [o for o in objs if bool(o.any())], valid)
-        obj_scores.extend(obj_j)
+        if obj_j:
+            obj_scores.append(sum(obj_j) / len(obj_j))
+        n_objects += len(obj_j)
         v = ~ign if ignore_boundary else torch.ones_like(ign)
         conf += torch.bincount(gt_fg[v].long() * 2 + fg[v].long(), minlength=4).reshape(2, 2)
         rows.append({"id": str(s.get("id", i)), "jaccard": 100.0 * jac, "objects": len(obj_j),
@@ -189,7 +196,8 @@ def evaluate_coarse_seg(
         "jaccard": per_image,
         "jaccard_per_object": per_object,
         "protocols": {"per_image": per_image, "per_object": per_object},
-        "objects": len(obj_scores),
+        "objects": n_objects,
+        "images_without_objects": len(rows) - len(obj_scores),
         "binary_miou": 100.0 * sum(valid_ious) / len(valid_ious) if valid_ious else math.nan,
         "iou_background": 100.0 * ious[0], "iou_foreground": 100.0 * ious[1],
         "images": len(rows), "per_image": rows,
