@@ -108,3 +108,15 @@ def test_devices_must_be_a_number():
         load_config("tiny_smoke", ["trainer.devices=auto"])
     cfg = load_config("tiny_smoke", ["trainer.devices=[0, 1]", "trainer.accumulate=2"])
     assert per_device_batch(cfg) == 4
+
+
+def test_values_keep_the_type_of_their_default(tmp_path):
+    with pytest.raises(ConfigError, match="tiny_smoke: trainer.max_steps must be a number, got 'ten'"):
+        load_config("tiny_smoke", ["trainer.max_steps=ten"])
+    with pytest.raises(ConfigError, match="data.flip must be true or false"):
+        load_config("tiny_smoke", ["data.flip=3"])
+    p = _write(tmp_path, "task: classify\nmodel: {name: vit_micro_patch8_64}\noptim: {lr: 1e-3}\n"
+                         "trainer: {max_steps: 4}\n")
+    cfg = load_config(p)  # YAML 1.1 reads 1e-3 as a string: it is the number it looks like
+    assert cfg["optim"]["lr"] == 1e-3 and isinstance(cfg["optim"]["lr"], float)
+    assert load_config("tiny_smoke", ["trainer.resume=auto"])["trainer"]["resume"] == "auto"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import re
 import sys
 from typing import Any
 
@@ -101,11 +102,33 @@ def merge(base: dict[str, Any], new: dict[str, Any], where: str = "", src: str =
         if isinstance(base[k], dict) and base[k] and isinstance(v, dict) and k not in leaf:
             out[k] = merge(base[k], v, f"{where}{k}.", src, leaf)
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = _typed(base[k], copy.deepcopy(v), f"{where}{k}", src)
     if ("aggregator" in new and "aggregator_kwargs" in base and "aggregator_kwargs" not in new
             and new["aggregator"] != base.get("aggregator")):
         out["aggregator_kwargs"] = {}
     return out
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_FREE_TYPE = ("trainer.resume", "trainer.devices")  # a flag or a path / a count or a list of ids
+
+
+def _typed(default: Any, value: Any, key: str, src: str) -> Any:
+    """``value`` checked against the type of its default: numbers stay numbers (a numeric string such as YAML 1.1's
+    ``1e-3`` is read as one), flags stay flags; other defaults (``None``, strings, lists) accept any value."""
+    if key in _FREE_TYPE or value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int | float):
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value) if isinstance(default, float) or not value.strip().lstrip("+-").isdigit() \
+                else int(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{src}: {key} must be a number, got {value!r}")
+    return value
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], where: str, src: str) -> dict[str, Any]:
