@@ -9,8 +9,8 @@ Per seed:
    ``multi_object=2`` (1-3 disjoint objects per image, instance masks), 4 base / 2 novel classes -- the novel pair
    rotates with the seed over :data:`NOVEL_FOLDS` -- novel objects unannotated in training;
 3. F-ViT scaled down (:data:`MINI_DETECTOR`: taps after the 4 blocks, fvit last block, pyramid strides 2/4/8/16 (+32),
-   64-channel FPN, Mask R-CNN with a class-agnostic mask head), trained through :func:`lastvit.train.fit`
-   (``task: ovdet``) with only flips as augmentation;
+   32-channel FPN, Mask R-CNN with a class-agnostic mask head), trained through :func:`lastvit.train.fit`
+   (``task: ovdet``) with only flips as augmentation; class texts from the text recipe's own zero-shot templates;
 4. :func:`lastvit.detection.evaluate.evaluate_ovdet` on the held-out set: ``<out>/<readout>/metrics.json`` with
    ``novel_ap50``, ``base_ap50``, ``novel_mask_ap``, ``novel_rpn_recall``, ``oracle_box_accuracy`` (+ the rest),
    ``<out>/metrics.json`` with both readouts, and ``<out>/detections.png``.
@@ -57,6 +57,14 @@ def _data_config(seed: int):
     from lastvit.recipes import load_benchmark
 
     return SyntheticConfig(**{**load_benchmark("synthetic_demo"), "multi_object": 2, "seed": int(seed)})
+
+
+def _text_templates() -> list[str]:
+    """The prompt templates of the text paradigm's zero-shot evaluation: the tiny text tower was trained on short
+    captions ("a small red disk at the top"), which CLIPSelf's 63 sentence templates do not resemble."""
+    from lastvit.paradigms import paradigm_recipe
+
+    return list(paradigm_recipe("text", "cls", out=".")["eval"]["templates"])
 
 
 def miniature_clip(readout: str, seed: int, cache: str | os.PathLike, quick: bool = False,
@@ -134,7 +142,7 @@ def _run_readout(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], t
     t_clip = time.time() - t
     run = Path(job["run"])
     cfg = {"task": "ovdet", "out_dir": str(run),
-           "model": {"clip": str(clip_path), "detector": job["det"], "templates": "clipself",
+           "model": {"clip": str(clip_path), "detector": job["det"], "templates": _text_templates(),
                      "text_cache": str(Path(job["cache"]) / "text_cache")},
            "data": {"kind": "lvis", "train_ann": str(data / "train.json"), "val_ann": str(data / "test.json"),
                     "train_images": str(data), "val_images": str(data), "image_size": job["image_size"],
