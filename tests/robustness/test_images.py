@@ -78,6 +78,9 @@ def test_a_batch_whose_every_image_failed_is_empty_and_skippable(tree: Path):
     assert sum(1 for b in batches if not b) == 1
     kept = list(skip_empty_batches(batches))
     assert len(kept) == len(ds) - 1 and all(b["image"].shape == (1, 3, 32, 32) for b in kept)
+    wrapped = skip_empty_batches(loader)  # re-iterable, with the loader's len() and attributes
+    assert len(wrapped) == len(ds) and wrapped.dataset is ds
+    assert [b["id"] for b in wrapped] == [b["id"] for b in kept] == [b["id"] for b in wrapped]
 
 
 def test_native_size_guard_and_bomb_limit(tmp_path: Path):

@@ -68,12 +68,27 @@ def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     return out
 
 
-def skip_empty_batches(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The batches of ``batches`` (e.g. a DataLoader with ``collate_fn=collate``) without the empty ones (every
-    image of the batch failed to decode; the dataset counted them)."""
-    for batch in batches:
-        if batch:
-            yield batch
+class _SkipEmpty:
+    def __init__(self, batches: Iterable[dict[str, Any]]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.batches:
+            if batch:
+                yield batch
+
+    def __len__(self) -> int:  # the number of batches before skipping (what a progress bar shows as total)
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # .dataset, .batch_size ... of a wrapped DataLoader
+        return getattr(self.batches, name)
+
+
+def skip_empty_batches(batches: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """``batches`` (e.g. a DataLoader with ``collate_fn=collate``) without the empty ones (every image of the
+    batch failed to decode; the dataset counted them). Iterable as often as ``batches`` is; ``len()`` and the
+    other attributes are those of ``batches``."""
+    return _SkipEmpty(batches)
 
 
 __all__ = [
