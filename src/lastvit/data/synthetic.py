@@ -29,6 +29,8 @@ from lastvit.io import atomic_write
 
 __all__ = [
     "SHAPES",
+    "PATTERN_STYLES",
+    "class_pattern",
     "COLOURS",
     "SPLITS",
     "SyntheticConfig",
@@ -58,6 +60,14 @@ _PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)
 _COLOUR_NAMES = list(COLOURS)
 
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+
+#: ``SyntheticConfig.pattern_style`` values: ``stripes`` (orientation (c % 4) * 45 degrees, period 3 / 5 / 7 px by
+#: c // 4; a horizontal flip maps 45 onto 135 degrees, i.e. class 1's texture onto class 3's) and
+#: ``flip_invariant`` (orientation (c % 2) * 90 degrees, period 3 + 2 * (c // 2) px, cosine phase centred on the
+#: image: a horizontal flip leaves every class's stripe field unchanged, pixel for pixel).
+PATTERN_STYLES: tuple[str, ...] = ("stripes", "flip_invariant")
+_LUMA = np.array([0.299, 0.587, 0.114])
+_MAX_SIZE = 0.9  # largest object diameter (fraction of the side) SyntheticConfig allows
 _CHUNK = 1024  # images rendered at once
 
 _POSITIONS = {
@@ -86,6 +96,10 @@ class SyntheticConfig:
     multi_object: int = 0  # 0: one object; >0: up to this many extra, smaller objects of other classes
     colour_jitter: float = 0.08  # std of per-channel Gaussian jitter around a named colour
     pattern: float = 0.0  # amplitude of a class-specific stripe texture on the labelled object (0: plain fill)
+    # benchmark variants for self-supervision (defaults: the original benchmark, bit for bit)
+    pattern_style: str = "stripes"  # "stripes": (c % 4) * 45 deg; "flip_invariant": 0 / 90 deg, flip-symmetric
+    min_object_area: float = 0.0  # >0: raise each object's size so its shape covers >= this fraction of pixels
+    background_chroma: float = 1.0  # background colours mixed towards their grey (luma) value; 0: grey
     train_size: int = 5000
     val_size: int = 1000
     test_size: int = 1000
@@ -103,6 +117,13 @@ class SyntheticConfig:
                              f"{self.min_size}, {self.max_size}")
         if not 0.0 <= self.pattern <= 1.0:
             raise ValueError(f"SyntheticConfig.pattern must be in [0, 1], got {self.pattern}")
+        if self.pattern_style not in PATTERN_STYLES:
+            raise ValueError(f"SyntheticConfig.pattern_style must be one of {PATTERN_STYLES}, "
+                             f"got {self.pattern_style!r}")
+        if not 0.0 <= self.min_object_area <= 0.5:
+            raise ValueError(f"SyntheticConfig.min_object_area must be in [0, 0.5], got {self.min_object_area}")
+        if not 0.0 <= self.background_chroma <= 1.0:
+            raise ValueError(f"SyntheticConfig.background_chroma must be in [0, 1], got {self.background_chroma}")
         if self.clutter < 0 or self.multi_object < 0:
             raise ValueError("SyntheticConfig.clutter and multi_object must be >= 0")
         self.mean = tuple(float(m) for m in self.mean)
@@ -175,6 +196,30 @@ def _pick_colours(cfg: SyntheticConfig, bg: np.ndarray, u: np.ndarray, z: np.nda
     return np.clip(_PALETTE[k] + cfg.colour_jitter * z, 0.0, 1.0)
 
 
+@functools.cache
+def _unit_area(name: str) -> float:
+    """Area of a class shape in unit coordinates (circumscribed radius 1), on a 1024^2 grid over [-1, 1]^2."""
+    n = 1024
+    t = (torch.arange(n, dtype=torch.float64) + 0.5) * (2.0 / n) - 1.0
+    inside = _shape_inside(name, t[None, :].expand(n, n), t[:, None].expand(n, n))
+    return float(inside.double().mean()) * 4.0
+
+
+def _area_floor(cfg: SyntheticConfig) -> np.ndarray:
+    """(num_classes,) the smallest object diameter (fraction of the side) at which each class shape covers
+    ``min_object_area`` of the image, with a 4% margin for rasterisation, capped at the largest allowed size."""
+    a = np.array([_unit_area(c) for c in cfg.classes])
+    # shape area in pixels = unit_area * (size * H / 2)^2; image = H^2  ->  size = 2 * sqrt(frac / unit_area)
+    return np.minimum(1.04 * 2.0 * np.sqrt(cfg.min_object_area / a), _MAX_SIZE)
+
+
+def _size_cap(cfg: SyntheticConfig) -> float:
+    """The largest object diameter a config can draw (the window size of the inside tests)."""
+    if cfg.min_object_area > 0:
+        return max(cfg.max_size, float(_area_floor(cfg).max()))
+    return cfg.max_size
+
+
 def _sample_batch(cfg: SyntheticConfig, split_id: int, seed: int, idx: list[int]) -> dict[str, Any]:
     """Random parameters of samples ``idx``, each a pure function of (seed, split, index), as arrays."""
     H, K, E = cfg.image_size, cfg.clutter, cfg.multi_object
@@ -186,6 +231,10 @@ def _sample_batch(cfg: SyntheticConfig, split_id: int, seed: int, idx: list[int]
     u = _uniforms(seed, split_id, np.asarray(idx, dtype=np.int64), 18 + 8 * K + n_dn + nz + n_extra)
     c0 = 0.2 + 0.6 * u[:, 0:3]
     c1 = 0.2 + 0.6 * u[:, 3:6] if cfg.gradient else c0.copy()
+    if cfg.background_chroma != 1.0:  # desaturate towards the luma grey (same draws: nothing else moves)
+        s = float(cfg.background_chroma)
+        c0 = (c0 @ _LUMA)[:, None] + s * (c0 - (c0 @ _LUMA)[:, None])
+        c1 = (c1 @ _LUMA)[:, None] + s * (c1 - (c1 @ _LUMA)[:, None])
     ang = u[:, 6] * 2 * np.pi
     dxy = np.stack([np.cos(ang), np.sin(ang)], 1)
 
@@ -196,6 +245,8 @@ def _sample_batch(cfg: SyntheticConfig, split_id: int, seed: int, idx: list[int]
     # the labelled object
     cls = np.minimum((u[:, 7] * cfg.num_classes).astype(np.int64), cfg.num_classes - 1)
     size = cfg.min_size + (cfg.max_size - cfg.min_size) * u[:, 8]
+    if cfg.min_object_area > 0:
+        size = np.maximum(size, _area_floor(cfg)[cls])
     R = size * H / 2
     cx = R + (H - 2 * R) * u[:, 9]
     cy = R + (H - 2 * R) * u[:, 10]
@@ -390,7 +441,7 @@ def _render(cfg: SyntheticConfig, params: dict[str, Any]) -> dict[str, Any]:
     ocls = torch.from_numpy(po["cls"])
     geo = torch.tensor(np.stack([po["size"] * H / 2, po["cx"], po["cy"], po["theta"]], 1), dtype=f32)
     ocol = torch.tensor(po["colour"], dtype=f32)
-    S = min(H, int(math.ceil(cfg.max_size * H)) + 2)
+    S = min(H, int(math.ceil(_size_cap(cfg) * H)) + 2)
     oidx, qx, qy = _windows(geo[:, 1], geo[:, 2], geo[:, 3], S, H)
     inv_r = (1.0 / geo[:, 0])[:, None, None]
     qx, qy = qx * inv_r, qy * inv_r
@@ -456,12 +507,7 @@ def _render(cfg: SyntheticConfig, params: dict[str, Any]) -> dict[str, Any]:
     if cfg.pattern > 0:
         # class-specific stripes on the labelled object: orientation (c % 4) * 45 degrees, period 3/5/7 px by
         # c // 4; added to the fill colour, so every object patch carries local evidence of its class
-        pc = ocls[primary].to(f32)
-        th = (pc % 4) * (math.pi / 4)
-        period = 3.0 + 2.0 * torch.div(pc, 4, rounding_mode="floor")
-        px, py = (xx + H / 2).expand(H, H)[None], (yy + H / 2).expand(H, H)[None]
-        phase = (px * torch.cos(th)[:, None, None] + py * torch.sin(th)[:, None, None]) / period[:, None, None]
-        stripes = torch.cos(2 * math.pi * phase).reshape(B, 1, HW)
+        stripes = class_pattern(cfg, ocls[primary]).reshape(B, 1, HW)
         base = torch.where(masks.reshape(B, 1, HW), base + 0.5 * cfg.pattern * stripes, base)
     factor = torch.where(fg, 0.5, 1.0)
     images = base.addcmul_(factor, noise.reshape(B, 3, HW)).clamp_(0, 1).reshape(B, 3, H, H)
@@ -472,6 +518,29 @@ def _render(cfg: SyntheticConfig, params: dict[str, Any]) -> dict[str, Any]:
     all_masks = [obj_masks[ob == b] for b in range(B)] if n > B else list(obj_masks[:, None])
     return dict(images=images, masks=masks, all_boxes=all_boxes, all_labels=all_labels, all_masks=all_masks,
                 boxes=all_boxes_t[primary], obj_colours=ocol[primary])
+
+
+def class_pattern(cfg: SyntheticConfig, classes: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) the class-specific stripe field in [-1, 1] (before the ``0.5 * pattern`` amplitude) that the
+    renderer adds to the labelled object of class ``classes[b]``; see :data:`PATTERN_STYLES`."""
+    H = cfg.image_size
+    f32 = torch.float32
+    pc = torch.as_tensor(classes).to(f32)
+    yy = torch.arange(H, dtype=f32)[:, None] + 0.5 - H / 2
+    xx = torch.arange(H, dtype=f32)[None, :] + 0.5 - H / 2
+    if cfg.pattern_style == "flip_invariant":
+        # 0 / 90 degrees with exact 1 / 0 direction cosines, phase centred on the image (cos is even in x):
+        # a horizontal flip maps every class's field onto itself
+        vertical = (pc % 2 == 1).to(f32)
+        period = 3.0 + 2.0 * torch.div(pc, 2, rounding_mode="floor")
+        phase = ((xx[None] * (1.0 - vertical)[:, None, None] + yy[None] * vertical[:, None, None])
+                 / period[:, None, None])
+        return torch.cos(2 * math.pi * phase)
+    th = (pc % 4) * (math.pi / 4)
+    period = 3.0 + 2.0 * torch.div(pc, 4, rounding_mode="floor")
+    px, py = (xx + H / 2).expand(H, H)[None], (yy + H / 2).expand(H, H)[None]
+    phase = (px * torch.cos(th)[:, None, None] + py * torch.sin(th)[:, None, None]) / period[:, None, None]
+    return torch.cos(2 * math.pi * phase)
 
 
 def _describe(cfg: SyntheticConfig, sizes: torch.Tensor, classes: torch.Tensor, boxes: torch.Tensor,
