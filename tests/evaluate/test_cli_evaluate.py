@@ -306,3 +306,14 @@ def test_discovery_cli_bad_coco_json_is_one_line(tmp_path, vit_ckpt, capsys, cas
                "--split", "train2014", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "instances_train2014.json" in err[0], err
+
+
+def test_coarse_seg_cli_zero_images_is_an_error_naming_where_it_looked(vit_ckpt, tmp_path, capsys):
+    root = tmp_path / "emptytree"
+    (root / "imgs").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rc = main(["evaluate", "coarse-seg", "--checkpoint", str(vit_ckpt), "--dataset", "seg", "--root", str(root),
+               "--img-dir", "imgs", "--ann-dir", "labels", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "imgs" in err[0], err
+    assert not (tmp_path / "o" / "metrics.json").exists()
