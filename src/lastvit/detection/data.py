@@ -132,9 +132,20 @@ class LargeScaleJitter:
     def __init__(self, size: int, min_scale: float = 0.1, max_scale: float = 2.0, flip: float = 0.5,
                  seed: int | None = None) -> None:
         self.size, self.min_scale, self.max_scale, self.flip = int(size), float(min_scale), float(max_scale), flip
+        self.seed = seed
         self.rng = random.Random(seed)
+        self._worker: tuple[int, int] | None = None
+
+    def _reseed(self) -> None:
+        """In a DataLoader worker, draw from the worker's own stream (copies of one generator would repeat)."""
+        info = torch.utils.data.get_worker_info()
+        wid = None if info is None else (info.id, info.seed)
+        if wid is not None and wid != self._worker:
+            self._worker = wid
+            self.rng = random.Random(info.seed if self.seed is None else (int(self.seed) * 1_000_003 + info.seed))
 
     def __call__(self, img: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self._reseed()
         h, w = img.shape[-2:]
         r = self.rng.uniform(self.min_scale, self.max_scale) * min(self.size / h, self.size / w)
         nh, nw = max(1, int(round(h * r))), max(1, int(round(w * r)))
