@@ -27,7 +27,7 @@ __all__ = ["read_checkpoint", "load_checkpoint", "build_from_checkpoint", "build
 
 # Architecture keys the weights determine; a model name may not change them (only heads / image size).
 _NAME_KEYS = ("img_size", "num_heads")
-_GUESS_HEADS, _GUESS_TEXT_HEADS = GUESS_PREFIXES
+_GUESS_HEADS, _GUESS_TEXT_HEADS, _GUESS_ACT = GUESS_PREFIXES
 
 
 def read_checkpoint(
@@ -253,18 +253,29 @@ def _resolve_heads(ckpt: ConvertedCheckpoint, o: LoadOptions) -> tuple[dict[str,
             text_heads = spec.get("text_heads")
         if quick_gelu is None:
             quick_gelu = spec.get("quick_gelu")
+            if quick_gelu is None and ckpt.format == "open_clip" and any(n.startswith(_GUESS_ACT) for n in ckpt.notes):
+                quick_gelu = False  # an open_clip config without "quick_gelu": open_clip's default, GELU
+                ckpt.notes.append(f"activation from {o.arch!r}: GELU (the config sets no quick_gelu)")
+        if quick_gelu is not None:
+            ckpt.notes = [n for n in ckpt.notes if not n.startswith(_GUESS_ACT)]
+        if isinstance(spec.get("eva"), dict) and ckpt.arch.get("family") == "eva":
+            overrides["eva"] = {**(ckpt.arch.get("eva") or {}), **spec["eva"], **(overrides.get("eva") or {})}
+            ckpt.notes = [n for n in ckpt.notes if not n.startswith("rotary position embedding: not stored")]
+            ckpt.notes.append(f"EVA options from {o.arch!r}: " + ", ".join(f"{k}={v}" for k, v in spec["eva"].items()))
         ckpt.notes.append(f"head counts{' and activation' if 'quick_gelu' in spec else ''} from {o.arch!r}: "
                           + ", ".join(f"{k}={spec[k]}" for k in ("num_heads", "text_heads", "quick_gelu")
                                       if k in spec))
     if o.num_heads is not None:
         overrides["num_heads"] = o.num_heads
+    if o.quick_gelu is not None:
+        ckpt.notes = [n for n in ckpt.notes if not n.startswith(_GUESS_ACT)]
     return overrides, text_heads, quick_gelu
 
 
 def _warn_guesses(ckpt: ConvertedCheckpoint, text_tower: bool) -> None:
     """Every architecture guess left standing (for a tower that is built) is emitted once, one line naming the file."""
     for n in ckpt.notes:
-        if n.startswith(_GUESS_HEADS) or (text_tower and n.startswith(_GUESS_TEXT_HEADS)):
+        if n.startswith((_GUESS_HEADS, _GUESS_ACT)) or (text_tower and n.startswith(_GUESS_TEXT_HEADS)):
             warnings.warn(f"{ckpt.path}: {n}", ArchitectureGuessWarning, stacklevel=3)
 
 
@@ -314,7 +325,7 @@ def build_from_converted(ckpt: ConvertedCheckpoint, options: LoadOptions | None 
         elif key == "pos_interp" and v != ckpt.arch.get(key):
             ckpt.notes.append(f"pos_interp={v!r} set by the caller (the file's family: {ckpt.arch.get(key)!r})")
         arch[key] = v
-    if quick_gelu is not None:
+    if quick_gelu is not None and not (arch.get("family") == "eva" and arch.get("act") == "swiglu"):
         arch["act"] = "quick_gelu" if quick_gelu else "gelu"
     _warn_guesses(ckpt, text_tower=ckpt.clip is not None and not o.visual_only and o.head is None)
 

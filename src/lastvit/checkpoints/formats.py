@@ -23,7 +23,10 @@ FORMATS: dict[str, str] = {
     "detectron2": "LaSt-ViT label-supervised release: detectron2 checkpoint of a torchvision ViT",
     "dino": "DINO training checkpoint (student / teacher, backbone + DINO head)",
     "timm": "timm VisionTransformer state dict (also DINO / DINOv2 backbone-only files)",
-    "open_clip": "open_clip CLIP state dict or open_clip training checkpoint",
+    "open_clip": "open_clip CLIP state dict or open_clip training checkpoint (ViT towers; EVA-02 towers as "
+                 "visual.trunk.* of a timm Eva)",
+    "eva_clip": "BAAI EVA-CLIP file (EVA repo layout: visual.blocks.N.attn.q_proj / q_bias / v_bias / "
+                "inner_attn_ln, mlp.w1 / w2 / w3 / ffn_ln; text.* tower)",
     "openai": "OpenAI CLIP file (TorchScript archive or plain state dict)",
 }
 FORMAT_ALIASES = {
@@ -36,6 +39,9 @@ FORMAT_ALIASES = {
     "open-clip": "open_clip",
     "clip": "open_clip",
     "tv": "torchvision",
+    "eva": "eva_clip",
+    "eva-clip": "eva_clip",
+    "evaclip": "eva_clip",
 }
 
 TRAINER_KEYS = ("optimizer", "scheduler", "lr_scheduler", "iteration", "epoch", "args", "dino_loss", "name",
@@ -46,6 +52,8 @@ TRAINER_KEYS = ("optimizer", "scheduler", "lr_scheduler", "iteration", "epoch", 
 TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection",
              "logit_scale", "logit_bias", "attn_mask")
 OPENAI_META = ("input_resolution", "context_length", "vocab_size")
+#: how the note of a guessed CLIP activation begins (a guess: ``ConvertedCheckpoint.guesses``)
+ACTIVATION_GUESS = "the activation is not recorded in CLIP files"
 
 
 def normalise_format(fmt: str) -> str:
@@ -120,6 +128,10 @@ def detect_format(obj: Any, path: str) -> str:
     keys = list(_strip_module(sd))
     if not any(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(map(str, obj))[:8]})")
+    if any(k.endswith("visual.trunk.patch_embed.proj.weight") for k in keys):
+        return "open_clip"  # an open_clip CLIP with a timm image tower (EVA-02: CustomTextCLIP, text.*)
+    if any(k.endswith("visual.patch_embed.proj.weight") for k in keys) and _eva_layout(keys):
+        return "eva_clip"
     if any(k.endswith("visual.conv1.weight") or k.endswith("visual.class_embedding") for k in keys) or (
         "conv1.weight" in keys and "class_embedding" in keys
     ):
@@ -133,6 +145,12 @@ def detect_format(obj: Any, path: str) -> str:
         return "timm"
     raise CheckpointError(f"{path}: unrecognised checkpoint layout, no known patch-embedding key "
                           f"(first keys: {', '.join(map(str, keys[:5]))})")
+
+
+def _eva_layout(keys: list[str]) -> bool:
+    """EVA blocks: separate q/k/v projections, q/v biases, SwiGLU (timm fc1_g / BAAI w1) or sub-LN names."""
+    marks = (".attn.q_proj.weight", ".attn.q_bias", ".mlp.fc1_g.weight", ".mlp.w1.weight", ".attn.inner_attn_ln.weight")
+    return any(re.search(r"blocks\.0" + re.escape(m) + "$", k) for k in keys for m in marks)
 
 
 # ---------------------------------------------------------------------------------------------- converters
@@ -263,17 +281,42 @@ def _convert_timm(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint) -> Converted
     return ckpt
 
 
+def _sidecar_quick_gelu(path: str) -> tuple[bool, str] | None:
+    """``model_cfg.quick_gelu`` of an ``open_clip_config.json`` beside the file (open_clip's hub layout), if any."""
+    import json
+    import os
+
+    side = os.path.join(os.path.dirname(os.path.abspath(path)), "open_clip_config.json")
+    if not os.path.isfile(side):
+        return None
+    try:
+        with open(side, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{side}: not a readable open_clip config ({type(e).__name__}: {e})") from None
+    model_cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else None
+    if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("vision_cfg"), dict):
+        raise CheckpointError(f"{side}: not an open_clip config (no model_cfg.vision_cfg)")
+    return bool(model_cfg.get("quick_gelu", False)), side
+
+
 def _convert_clip(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint, *, openai: bool,
-                  quick_gelu: bool | None) -> ConvertedCheckpoint:
+                  quick_gelu: bool | None, path: str | None = None) -> ConvertedCheckpoint:
     sd = _strip_module(_tensors(sd))
     if "visual.conv1.weight" not in sd and "conv1.weight" in sd:
         sd = {f"visual.{k}": v for k, v in sd.items()}  # an image tower saved on its own
-    if quick_gelu is None:
-        quick_gelu = openai
+    side = _sidecar_quick_gelu(path) if (quick_gelu is None and not openai and path) else None
+    if quick_gelu is None and openai:
+        quick_gelu = True
+        ckpt.notes.append("QuickGELU: every OpenAI CLIP tower uses it (the activation is not stored in the file)")
+    elif quick_gelu is None and side is not None:
+        quick_gelu = side[0]
+        ckpt.notes.append(f"activation from the recorded config {side[1]}: {'QuickGELU' if quick_gelu else 'GELU'}")
+    elif quick_gelu is None:
+        quick_gelu = False
         ckpt.notes.append(
-            "the activation is not recorded in CLIP files: assumed "
-            + ("QuickGELU (OpenAI format)" if openai else
-               "GELU (open_clip format; pass quick_gelu=True for OpenAI-initialised / '-quickgelu' models)"))
+            f"{ACTIVATION_GUESS}: assumed GELU (open_clip format; MetaCLIP and other '-quickgelu' models use "
+            "QuickGELU: pass quick_gelu=True / --quick-gelu or arch='ViT-B-16-quickgelu' / --arch NAME)")
     else:
         ckpt.notes.append(f"activation set by the caller: {'QuickGELU' if quick_gelu else 'GELU'}")
     act = "quick_gelu" if quick_gelu else "gelu"
@@ -362,6 +405,126 @@ def _text_config(text: dict[str, torch.Tensor], ckpt: ConvertedCheckpoint, quick
     }
 
 
+# BAAI EVA-CLIP (and timm fused-qkv EVA) block names -> timm Eva names (the key map of timm's
+# timm.models.eva.checkpoint_filter_fn, applied to the block-relative rest of a key)
+_EVA_RENAMES = (
+    ("attn.inner_attn_ln.", "attn.norm."),
+    ("mlp.ffn_ln.", "mlp.norm."),
+    ("mlp.w1.", "mlp.fc1_g."),  # (mlp.w12 -- packed -- is handled before this table)
+    ("mlp.w2.", "mlp.fc1_x."),
+    ("mlp.w3.", "mlp.fc2."),
+    ("attn.q_bias", "attn.q_proj.bias"),
+    ("attn.v_bias", "attn.v_proj.bias"),
+)
+_EVA_SOURCES = {"open_clip": "visual.trunk.", "eva_clip": "visual.", "timm": ""}
+
+
+def _convert_eva(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint, *, source: str) -> ConvertedCheckpoint:
+    """An EVA image tower (timm ``Eva`` names under ``visual.trunk.`` for open_clip, BAAI names under ``visual.``
+    for EVA-CLIP, timm names for a timm file) and, for whole CLIPs, the text tower (``text.*``)."""
+    sd = _tensors(sd)
+    prefix = _EVA_SOURCES[source]
+    if source == "eva_clip" and not any(k.startswith("visual.") for k in sd):
+        prefix = ""  # an EVA-CLIP image tower saved on its own
+    enc: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
+    text: dict[str, torch.Tensor] = {}
+    rope, fused = [], []
+    block = re.compile(r"^blocks\.(\d+)\.(.+)$")
+    for k, v in sd.items():
+        if k.startswith("text."):
+            text[k[len("text."):]] = v
+            continue
+        if k in ("logit_scale", "logit_bias"):
+            text[k] = v
+            continue
+        if source == "open_clip" and k.startswith("visual.head."):
+            rest = k[len("visual.head."):]
+            if rest in ("proj.weight", "proj.bias"):  # timm_proj="linear": open_clip's own projection
+                head[rest[len("proj."):]] = v
+            else:
+                ckpt.unmapped.append(k)
+            continue
+        if prefix and not k.startswith(prefix):
+            ckpt.unmapped.append(k)
+            continue
+        rest = k[len(prefix):]
+        if "rope" in rest.split("."):
+            rope.append(k)  # fixed sin/cos tables: recomputed for the grid at run time
+            continue
+        if rest in ("mask_token", "lm_head.weight", "lm_head.bias"):
+            ckpt.skip("EVA masked-image-modelling parts", k)
+            continue
+        if rest in ("head.weight", "head.bias"):
+            head[rest[len("head."):]] = v
+            continue
+        if rest.startswith("fc_norm."):
+            ckpt.unsupported.append("EVA tower with fc_norm (mean-pooling model): its final norm follows the "
+                                    "pooling; lastvit normalises every token (CLIP towers use the class token)")
+            ckpt.unmapped.append(k)
+            continue
+        m = block.match(rest)
+        if m is not None:
+            i, sub = m.group(1), m.group(2)
+            for a, b in _EVA_RENAMES:
+                if sub.startswith(a):
+                    sub = b + sub[len(a):]
+                    break
+            if sub == "attn.qkv.weight":  # fused q/k/v (EVA-01, timm qkv_fused=True): split into projections
+                q, kk, vv = v.chunk(3, dim=0)
+                enc[f"blocks.{i}.attn.q_proj.weight"] = q
+                enc[f"blocks.{i}.attn.k_proj.weight"] = kk
+                enc[f"blocks.{i}.attn.v_proj.weight"] = vv
+                fused.append(k)
+                continue
+            if sub == "attn.qkv.bias":
+                q, _, vv = v.chunk(3, dim=0)
+                enc[f"blocks.{i}.attn.q_proj.bias"] = q
+                enc[f"blocks.{i}.attn.v_proj.bias"] = vv
+                continue
+            if sub.startswith("mlp.w12."):  # packed SwiGLU (gate and value in one matrix): timm's GluMlp fc1
+                sub = "mlp.fc1." + sub[len("mlp.w12."):]
+            enc[f"blocks.{i}.{sub}"] = v
+            continue
+        enc[rest] = v
+    if rope:
+        ckpt.skip("rotary embedding tables (recomputed for the input grid)", rope)
+    if fused:
+        ckpt.notes.append("fused qkv weights split into q_proj / k_proj / v_proj (k has no bias in EVA)")
+    ckpt.notes.append({"open_clip": "open_clip EVA tower (timm Eva under visual.trunk.)",
+                       "eva_clip": "BAAI EVA-CLIP layout converted to timm Eva names (q_bias/v_bias, "
+                                   "inner_attn_ln, w1/w2/w3, ffn_ln)",
+                       "timm": "timm Eva state dict"}[source])
+    ckpt = _assemble(ckpt, enc, head, norm_eps=1e-6, act="gelu", head_kind="proj")
+    if ckpt.head[0] == "proj" and "bias" in head:
+        ckpt.arch["proj_bias"] = True
+    if source == "timm" and ckpt.head[0] == "proj" and not text:
+        ckpt.head = ("linear", ckpt.head[1])  # a timm classifier: a linear head with a bias
+        ckpt.arch["proj_bias"] = False
+    if source == "eva_clip":
+        ckpt.arch["pos_interp"] = "open_clip"
+        ckpt.notes.append("position embeddings resample the EVA-CLIP way at other input sizes (interpolate_pos_embed: "
+                          "bicubic resize, no antialiasing; pos_interp='open_clip', override with pos_interp=...)")
+    else:
+        ckpt.notes.append("position embeddings resample the timm way at other input sizes (open_clip's EVA "
+                          "towers are timm Eva models: set_input_size / dynamic_img_size; override with pos_interp=)")
+    if text:
+        logit = {k: text.pop(k) for k in ("logit_scale", "logit_bias") if k in text}
+        if "logit_bias" in logit:
+            raise CheckpointError(f"{ckpt.path}: SigLIP-style checkpoints (logit_bias) are not supported")
+        text.update(logit)
+        ckpt.skip("clip text tower", sorted(text))
+        ckpt.clip = {
+            "state_dict": text,
+            "config": _text_config(text, ckpt, False),
+            "embed_dim": ckpt.head[1] if ckpt.head[0] == "proj" else None,
+            "quick_gelu": False,
+            "source": source,
+        }
+        ckpt.notes.append("EVA-CLIP text tower: GELU (open_clip's EVA02 configs and BAAI's use no QuickGELU)")
+    return ckpt
+
+
 def _convert_lastvit(obj: Mapping[str, Any], ckpt: ConvertedCheckpoint) -> ConvertedCheckpoint:
     version = obj.get("version")
     if version != 1:
@@ -399,7 +562,8 @@ def convert(obj: Any, path: str, fmt: str = "auto", *, dino_branch: str = "teach
     if fmt == "auto":
         fmt = detected
     ckpt = ConvertedCheckpoint(path=path, format=fmt, arch={}, state_dict={})
-    if fmt != detected and not (fmt in ("open_clip", "openai") and detected in ("open_clip", "openai")):
+    if fmt != detected and not (fmt in ("open_clip", "openai") and detected in ("open_clip", "openai")) and not (
+            fmt == "eva_clip" and detected == "timm"):
         ckpt.notes.append(f"format {fmt!r} forced by the caller (auto-detection says {detected!r})")
     if fmt == "lastvit":
         if obj.get("format") != "lastvit":
@@ -427,9 +591,16 @@ def convert(obj: Any, path: str, fmt: str = "auto", *, dino_branch: str = "teach
             ckpt.notes.append("LaSt-ViT release (detectron2): default readout LazyStrike k=1, as trained")
         return ckpt
     if fmt == "timm":
-        return _convert_timm(_strip_module(sd), ckpt)
+        sd = _strip_module(sd)
+        if _eva_layout(list(sd)):
+            return _convert_eva(sd, ckpt, source="timm")
+        return _convert_timm(sd, ckpt)
+    if fmt == "eva_clip":
+        return _convert_eva(_strip_module(sd), ckpt, source="eva_clip")
     if fmt in ("open_clip", "openai"):
-        return _convert_clip(sd, ckpt, openai=fmt == "openai", quick_gelu=quick_gelu)
+        if any(k.endswith("visual.trunk.patch_embed.proj.weight") for k in _strip_module(sd)):
+            return _convert_eva(_strip_module(sd), ckpt, source="open_clip")
+        return _convert_clip(sd, ckpt, openai=fmt == "openai", quick_gelu=quick_gelu, path=path)
     raise CheckpointError(f"{path}: format {fmt!r} has no converter")  # pragma: no cover - FORMATS is closed
 
 

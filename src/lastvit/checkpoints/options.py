@@ -92,10 +92,36 @@ class LoadOptions:
                 "allow_nonfinite": self.allow_nonfinite}
 
 
+def _timm_tower_facts(name: str, spec: str) -> dict[str, Any]:
+    """Head count (and, for an EVA tower, its rotary-embedding options) of an open_clip config's timm image tower,
+    read off the timm model built on the meta device (nothing downloaded)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            m = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as e:
+        raise CheckpointError(f"{spec}: timm image tower {name!r} is not a timm model ({e})") from None
+    blocks = getattr(m, "blocks", None)
+    if not blocks:
+        return {}
+    out: dict[str, Any] = {"num_heads": int(blocks[0].attn.num_heads)}
+    rope = getattr(m, "rope", None)
+    if type(m).__name__ == "Eva":
+        ref = getattr(rope, "ref_feat_shape", None)
+        out["eva"] = {"use_rot_pos_emb": rope is not None,
+                      "ref_feat_shape": [int(r) for r in ref] if ref is not None else None}
+        if rope is not None and getattr(rope, "temperature", None) is not None:
+            out["eva"]["rope_temperature"] = float(rope.temperature)
+    return out
+
+
 def arch_config(spec: str) -> dict[str, Any]:
     """Head counts and activation of an open_clip model name (its bundled ``model_configs``, nothing downloaded)
     or of an open_clip model-config JSON file: ``{"num_heads", "text_heads", "quick_gelu", "source"}`` (keys that
-    the config does not determine are left out)."""
+    the config does not determine are left out); a timm image tower (``timm_model_name``, e.g. ``EVA02-B-16``)
+    gives its head count and, for EVA, ``"eva"`` (rotary embedding options) from the timm model."""
     if os.path.isfile(spec):
         try:
             with open(spec, encoding="utf-8") as f:
@@ -116,6 +142,8 @@ def arch_config(spec: str) -> dict[str, Any]:
     if isinstance(v.get("width"), int):
         hw = int(v.get("head_width", 64))
         out["num_heads"] = max(1, v["width"] // hw)
+    elif isinstance(v.get("timm_model_name"), str):
+        out.update(_timm_tower_facts(v["timm_model_name"], spec))
     t = cfg.get("text_cfg")
     if isinstance(t, dict):
         if isinstance(t.get("heads"), int):

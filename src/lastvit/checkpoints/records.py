@@ -19,7 +19,8 @@ __all__ = [
 
 
 #: how the notes of a guessed architecture fact begin (``ConvertedCheckpoint.guesses``)
-GUESS_PREFIXES = ("num_heads is not stored", "CLIP text heads are not stored")
+GUESS_PREFIXES = ("num_heads is not stored", "CLIP text heads are not stored",
+                  "the activation is not recorded in CLIP files")
 
 
 class CheckpointError(ValueError):

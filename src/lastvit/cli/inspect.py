@@ -53,7 +53,7 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 
 def _fmt_arch(arch: dict[str, Any]) -> str:
     keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "class_token",
-            "reg_tokens", "no_embed_class", "pre_norm", "act", "norm_eps", "init_values")
+            "reg_tokens", "no_embed_class", "pre_norm", "act", "norm_eps", "init_values", "family", "eva", "proj_bias")
     return ", ".join(f"{k}={arch[k]}" for k in keys if k in arch)
 
 

@@ -73,6 +73,9 @@ def last_block_variant(
     qkv = attn.qkv(blk.norm1(x)).reshape(b, n, 3, nh, hd).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, L, hd)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    rotate = getattr(attn, "rotate_qk", None)  # EVA blocks: their rotary position embedding (lastvit.models.eva)
+    if rotate is not None:
+        q, k = rotate(q, k, grid)
     s = hd**-0.5
     if variant in ("maskclip", "fvit"):
         out = v

@@ -37,7 +37,7 @@ from torch import nn
 
 from lastvit.aggregate import build_aggregator
 
-__all__ = ["LastViT", "TokenRecord", "ARCH_DEFAULTS", "PRESETS", "POS_INTERP", "as_vit", "build_encoder"]
+__all__ = ["LastViT", "TokenRecord", "ARCH_DEFAULTS", "FAMILIES", "PRESETS", "POS_INTERP", "as_vit", "build_encoder"]
 
 # How position embeddings are resampled to a non-native grid (arch key ``pos_interp``; see the module docstring).
 POS_INTERP = ("timm", "dino", "open_clip")
@@ -61,7 +61,11 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "window_size": 0,  # >0: window attention of this size in `window_layers` (paper Table 2 study)
     "window_layers": None,  # list of block indices, or None for all blocks (when window_size > 0)
     "pos_interp": "timm",  # position-embedding resampling: "timm" | "dino" | "open_clip" (module docstring)
+    "family": "vit",  # encoder: "vit" (timm VisionTransformer) | "eva" (timm Eva: rotary pos-embed, SwiGLU, sub-LN)
+    "eva": None,  # family "eva": EVA options (timm Eva keyword names), see lastvit.models.eva.EVA_DEFAULTS
+    "proj_bias": False,  # head="proj" with a bias (EVA-CLIP's projection is timm's Linear head)
 }
+FAMILIES = ("vit", "eva")
 
 # Small named architectures for CPU work; any timm ViT name works as well.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -100,8 +104,13 @@ def _window_attention_mask(h: int, w: int, window: int, num_prefix: int, device)
 
 
 def build_encoder(arch: dict[str, Any], timm_name: str | None = None, **timm_kwargs: Any) -> VisionTransformer:
-    """A timm ``VisionTransformer`` without head or pooling, with dynamic image size."""
+    """A timm ``VisionTransformer`` (or, for ``family="eva"``, timm's ``Eva``: :mod:`lastvit.models.eva`) without
+    head or pooling, with dynamic image size."""
     a = {k: arch[k] for k in ARCH_DEFAULTS if k in arch}
+    if a.get("family", "vit") == "eva":
+        from lastvit.models.eva import build_eva_encoder
+
+        return build_eva_encoder(a, **timm_kwargs)
     kw = dict(
         num_classes=0,
         global_pool="",
@@ -151,6 +160,8 @@ class LastViT(nn.Module):
             raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {sorted(ARCH_DEFAULTS)}")
         if arch["pos_interp"] not in POS_INTERP:
             raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {arch['pos_interp']!r}")
+        if arch["family"] not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {arch['family']!r}")
         if head not in ("linear", "proj", "none"):
             raise ValueError(f"head must be 'linear', 'proj' or 'none', got {head!r}")
         self.arch = arch
@@ -167,7 +178,7 @@ class LastViT(nn.Module):
             self.head = nn.Linear(self.embed_dim, num_classes)
         elif head == "proj":
             out = head_dim if head_dim is not None else self.embed_dim
-            self.head = nn.Linear(self.embed_dim, out, bias=False)
+            self.head = nn.Linear(self.embed_dim, out, bias=bool(arch["proj_bias"]))
         else:
             self.head = nn.Identity()
         self.head_dim = self.head.out_features if isinstance(self.head, nn.Linear) else self.embed_dim
@@ -371,7 +382,11 @@ class LastViT(nn.Module):
         take = None if indices is None else [self._block_index(i) for i in indices]
         blocks = self.encoder.blocks
         ckpt = self.encoder.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
-        if mask is None and take is None and not ckpt:
+        rope_embed = getattr(self.encoder, "rope_embed", None)  # EVA: rotary embedding of the (kept) grid
+        rope = rope_embed(grid, keep) if rope_embed is not None else None
+        if rope is not None:
+            rope = rope.to(x.device)
+        if mask is None and take is None and not ckpt and rope is None and isinstance(blocks, nn.Sequential):
             x = blocks[:n_run](x) if n_run < self.depth else blocks(x)
             return x
         windowed = self.windowed_blocks if mask is not None else frozenset()
@@ -382,7 +397,10 @@ class LastViT(nn.Module):
             if ckpt:
                 from torch.utils.checkpoint import checkpoint
 
-                x = checkpoint(blk, x, m, use_reentrant=False)
+                x = (checkpoint(blk, x, m, use_reentrant=False) if rope is None
+                     else checkpoint(blk, x, rope, m, use_reentrant=False))
+            elif rope is not None:
+                x = blk(x, rope=rope, attn_mask=m)
             else:
                 x = blk(x, attn_mask=m) if m is not None else blk(x)
             if take is not None and i in take:
