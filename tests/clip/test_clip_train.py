@@ -105,9 +105,11 @@ def test_finetune_from_open_clip_checkpoint_with_lazystrike(tmp_path):
 def test_old_batch_spelling_is_read_with_a_note(capsys):
     old = {**TINY, "data": {k: v for k, v in TINY["data"].items() if k != "global_batch"},
            "optim": {**TINY["optim"], "batch_size": 8}}
-    cfg = resolve_config(old)
+    cfg = resolve_config(old, src="old.yaml")
     assert cfg["data"]["global_batch"] == 8 and "batch_size" not in cfg["optim"]
-    assert "optim.batch_size is deprecated, use data.global_batch" in capsys.readouterr().err
+    assert "old.yaml: optim.batch_size is deprecated, use data.global_batch" in capsys.readouterr().err
+    resolve_config(old, src="old.yaml")
+    assert "deprecated" not in capsys.readouterr().err  # said once
     both = {**TINY, "optim": {**TINY["optim"], "batch_size": 8}}
     with pytest.raises(ValueError, match="both optim.batch_size"):
         resolve_config(both)

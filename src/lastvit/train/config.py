@@ -159,6 +159,9 @@ def available_tasks() -> list[str]:
 TRAINER_DEFAULTS: dict[str, Any] = DEFAULTS["trainer"]
 
 
+_NOTED: set[tuple[str, str]] = set()
+
+
 def deprecated(cfg: dict[str, Any], old: str, new: str, src: str, convert: Any = None) -> None:
     """Move the value of dotted key ``old`` to ``new`` (through ``convert``) with a one-line note on stderr;
     an error when both are set."""
@@ -172,7 +175,10 @@ def deprecated(cfg: dict[str, Any], old: str, new: str, src: str, convert: Any =
         raise ConfigError(f"{src}: both {old} (deprecated) and {new} are set; keep {new}")
     value = osec.pop(o_key)
     nsec[n_key] = convert(value) if convert else value
-    print(f"lastvit: note: {src}: {old} is deprecated, use {new} (read as {new}={nsec[n_key]!r})", file=sys.stderr)
+    if (src, old) not in _NOTED:  # once per recipe and key, however often it is resolved
+        _NOTED.add((src, old))
+        print(f"lastvit: note: {src}: {old} is deprecated, use {new} (read as {new}={nsec[n_key]!r})",
+              file=sys.stderr)
 
 
 def per_device_batch(cfg: dict[str, Any], src: str = "config") -> int:
