@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import sys
@@ -33,7 +32,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lastvit.io import atomic_write
+from lastvit.io import write_json
 from lastvit.rundir import RunInterrupted
 from lastvit.train.config import ConfigError, load_config, resolve_config
 
@@ -55,7 +54,7 @@ def build(cfg: dict[str, Any]) -> tuple[L.LightningModule, L.LightningDataModule
 
 
 def _atomic_json(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=str))
+    write_json(path, obj)
 
 
 class LastCheckpoint(Callback):
