@@ -111,10 +111,12 @@ def _interpret(res: dict[str, dict[str, Any]], num_classes: int, paradigm: str =
                            for r in cmp["near_chance"])
         accs = ", ".join(f"{r} {100 * (res[r]['accuracy'] or 0.0):.1f}%" for r in cmp["near_chance"])
         return (f"{paradigm.capitalize()} supervision. THE COMPARISON IS VOID: {who} stayed near chance ({name}: "
-                f"{accs}; chance {100 * cmp['chance']:.0f}%, near chance means below twice that), so its patch scores "
-                f"describe barely trained features, not lazy aggregation, and no conclusion about laziness is drawn "
+                f"{accs}; chance {100 * cmp['chance']:.0f}%, near chance means below twice that), so "
+                f"{'their' if len(cmp['near_chance']) > 1 else 'its'} patch scores describe barely trained "
+                f"features, not lazy aggregation, and no conclusion about laziness is drawn "
                 f"from this run. Train longer (trainer.max_steps=... / trainer.max_epochs=...) or drop --quick. "
-                + baseline + "The numbers below are reported as measured.")
+                + baseline + "Point-in-Box and the other diagnostics below are reported as measured, without a "
+                "verdict.")
     d_pib = 100 * (z["pib"] - c["pib"])
     d_acc = 100 * (z["accuracy"] - c["accuracy"])
     verdict = ("LazyStrike raised Point-in-Box" if d_pib > 2 else

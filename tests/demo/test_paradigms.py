@@ -32,6 +32,12 @@ def test_demo_paradigm_end_to_end(tmp_path, capsys, paradigm, tiny, acc_name):
         assert m["recipes"][name]["model"]["aggregator"] == name
         assert m["recipes"][name]["task"] == ("clip" if paradigm == "text" else "dino")
     assert m["recipes"]["lazystrike"]["model"]["aggregator_kwargs"] == {"k": 0.125}
+    if paradigm == "self":  # every self-supervised number beside the same network untrained
+        for r in m["readouts"].values():
+            for k in ("knn_top1", "linear_top1", "pib", "pib_center", "score_auroc"):
+                assert 0.0 <= r[f"{k}_untrained"] <= 1.0
+            assert r["accuracy"] == r["knn_top1"] and 0.0 <= r["linear_top1"] <= 1.0
+        assert "untrained" in (out / "report.html").read_text()
     assert not (out / "masking_cls.png").exists() and (out / "votes.png").stat().st_size > 1000
     assert acc_name in (out / "report.html").read_text()
     assert acc_name in capsys.readouterr().out
@@ -104,3 +110,21 @@ def test_demo_all_runs_every_paradigm_and_summarises(tmp_path, monkeypatch):
     assert "| text | zero-shot top-1 | 80.0 | 85.0 | 10.0 | 50.0 |" in md
     assert "| self | kNN top-1 | 20.0 | 25.0 | 10.0 | 50.0 |" in md
     assert set(res["paradigms"]) == {"label", "text", "self"}
+
+
+def test_untrained_baseline_is_the_network_training_starts_from(tmp_path):
+    """With a zero learning rate, DINO training leaves the network as it was built (up to the EMA's float rounding,
+    ~1e-8); untrained_model must equal it (same seed, same readout), and a different seed must not."""
+    from lastvit.paradigms import untrained_model
+    from lastvit.train import fit
+
+    over = {"trainer.max_epochs": 1, "trainer.max_steps": 1, "data.train_size": 32, "data.val_size": 16,
+            "data.global_batch": 16, "trainer.progress_bar": False, "optim.lr": 0.0, "optim.min_lr": 0.0}
+    cfg = paradigm_recipe("self", "lazystrike", out=str(tmp_path / "r"), seed=5, overrides=over)
+    base = untrained_model(cfg)
+    trained = fit(cfg)["model"]
+    ref = trained.state_dict()
+    assert base.aggregator_name == trained.aggregator_name == "lazystrike"
+    assert max((v - ref[k]).abs().max().item() for k, v in base.state_dict().items()) < 1e-6
+    other = untrained_model(paradigm_recipe("self", "lazystrike", out=str(tmp_path / "o"), seed=6, overrides=over))
+    assert max((v - ref[k]).abs().max().item() for k, v in other.state_dict().items()) > 1e-3
