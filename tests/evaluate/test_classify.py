@@ -123,7 +123,8 @@ def test_head_class_count_mismatch_is_an_error(tree_and_model, tmp_path, capsys)
         classification(m5, batches, modes=("head",))
 
 
-def test_a_batch_of_undecodable_images_is_skipped_and_counted(tree_and_model, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batch_of_undecodable_images_is_skipped_and_counted(tree_and_model, tmp_path, workers):
     import shutil
 
     root, ck, _ = tree_and_model
@@ -133,7 +134,7 @@ def test_a_batch_of_undecodable_images_is_skipped_and_counted(tree_and_model, tm
     victim.write_bytes(victim.read_bytes()[:60])  # a real PNG header, the pixel data cut off
     out = tmp_path / "o"
     assert _run("--checkpoint", ck, "--dataset", "synthetic", "--root", bad, "--split", "val", "--batch-size", 1,
-                "--modes", "head,knn", "--train-split", "train", "--out", out) == 0
+                "--modes", "head,knn", "--train-split", "train", "--num-workers", workers, "--out", out) == 0
     m = _metrics(out)
     assert m["head"]["images"] == 15 and m["test_images"] == 15 and m["train_images"] == 24
     assert sum(m["skipped"].values()) == 1

@@ -93,27 +93,40 @@ class _Batches:
     def __init__(self, data: Any, batch_size: int, num_workers: int, progress: str | None) -> None:
         self.data, self.batch_size, self.num_workers, self.progress = data, batch_size, num_workers, progress
         self.empty = 0
+        self.passes = 0
 
     def __iter__(self) -> Iterator[dict]:
-        from lastvit.data import collate
-
         self.empty = 0  # counted per pass (the head and the probes read the test set twice)
+        self.passes += 1
         d = self.data
-        if isinstance(d, torch.utils.data.Dataset) or (hasattr(d, "__getitem__") and hasattr(d, "__len__")
-                                                       and not isinstance(d, (list, tuple))):
-            it: Iterable = torch.utils.data.DataLoader(self.data, batch_size=self.batch_size, shuffle=False,
-                                                       num_workers=self.num_workers, collate_fn=collate)
+        is_dataset = isinstance(d, torch.utils.data.Dataset) or (
+            hasattr(d, "__getitem__") and hasattr(d, "__len__") and not isinstance(d, (list, tuple)))
+        if is_dataset:
+            it: Iterable = torch.utils.data.DataLoader(d, batch_size=self.batch_size, shuffle=False,
+                                                       num_workers=self.num_workers, collate_fn=_collate_counting)
         else:  # already batches (a DataLoader, a list of dict batches or (images, labels) pairs)
-            it = self.data
+            it = d
         if self.progress:
             from tqdm.auto import tqdm
 
             it = tqdm(it, desc=self.progress, unit="batch")
         for batch in it:
+            if is_dataset:
+                batch, n_bad = batch
+                skipped = getattr(d, "skipped", None)
+                if n_bad and self.num_workers > 0 and self.passes == 1 and skipped is not None:
+                    skipped["unreadable file (worker)"] += n_bad  # the reader counted it in a worker process
             if isinstance(batch, dict) and not batch:
                 self.empty += 1
                 continue
             yield batch
+
+
+def _collate_counting(samples: list) -> tuple[dict, int]:
+    """``lastvit.data.collate`` and the number of undecodable (``None``) samples it dropped."""
+    from lastvit.data import collate
+
+    return collate(samples), sum(s is None for s in samples)
 
 
 def _num_classes(data: Any) -> int | None:
