@@ -333,3 +333,44 @@ def _zeroshot_cli_all_variants(tmp_path, ckpt, extra: list[str]) -> None:
                      "--no-progress"]) == 0
         m = json.loads((out / "metrics.json").read_text())
         assert m["images"] == 2 and 0.0 <= m["mIoU"] <= 100.0
+
+
+def test_finetune_from_an_eva_clip_with_lazystrike(tmp_path, eva_clip):
+    """The CLIP recipe's model from an EVA-CLIP file (heads and rope from the config): LazyStrike readout, both
+    towers loaded, contrastive steps lower the loss on a fixed batch; gradient checkpointing gives the same tokens."""
+    from lastvit.data import SyntheticConfig, SyntheticDataset
+    from lastvit.train.clip import build
+
+    ref, cfg = eva_clip
+    torch.save(ref.state_dict(), tmp_path / "eva02.pt")
+    recipe = {
+        "model": {"checkpoint": str(tmp_path / "eva02.pt"), "aggregator": "lazystrike", "aggregator_kwargs": {"k": 4},
+                  "arch_overrides": {"arch": cfg}},
+        "data": {"synthetic": {"image_size": 32, "num_classes": 4}, "train_size": 8, "val_size": 4,
+                 "global_batch": 8},
+        "optim": {"lr": 2e-3, "warmup_steps": 1},
+        "trainer": {"max_steps": 3, "progress_bar": False, "log_every": 1},
+    }
+    module, _ = build(recipe)
+    model = module.model
+    assert model.visual.arch["family"] == "eva" and model.visual.aggregator_name == "lazystrike"
+    torch.testing.assert_close(model.text.token_embedding.weight, ref.text.token_embedding.weight)
+    ds = SyntheticDataset(SyntheticConfig(image_size=32, num_classes=4), split="train", size=8)
+    b = ds.batch(list(range(8)))
+    batch = {"image": b["image"], "text": model.tokenize(b["caption"])}
+    opt = module.configure_optimizers()["optimizer"]
+    for g in opt.param_groups:
+        g["lr"] = 2e-3
+    losses = []
+    for _ in range(4):
+        loss = module.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    vit = model.visual.eval()
+    plain = vit.forward_tokens(X_ODD).patches
+    vit.encoder.set_grad_checkpointing(True)
+    torch.testing.assert_close(vit.forward_tokens(X_ODD).patches, plain)
+    vit.encoder.set_grad_checkpointing(False)
