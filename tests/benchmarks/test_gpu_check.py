@@ -56,7 +56,8 @@ def test_train_section_is_a_ddp_bf16_run(report):
     assert t["process_group_backend"] == "gloo" and t["world_size"] == 1  # NCCL on CUDA
     assert t["precision"] == "bf16-mixed" and t["overrides"]["trainer.strategy"] == "ddp"
     assert t["steps"] == t["overrides"]["trainer.max_steps"]
-    assert _finite_positive(t["steps_per_s_median"]) and 0.0 <= t["final_val_top1"] <= 100.0
+    assert _finite_positive(t["steps_per_s_mean"]) and _finite_positive(t["steps_per_s_median"])
+    assert 0.0 <= t["final_val_top1"] <= 100.0 and t["fused_attn"] is True
 
 
 def test_discovery_section_has_fps_for_every_method_and_batching(report):
