@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench study clean-venv
+.PHONY: demo test lint bench gpu-check clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_lazystrike.py
+
+gpu-check: $(STAMP)
+	bash benchmarks/gpu_check.sh --out runs/gpu_check $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
