@@ -6,7 +6,7 @@ paradigm is the base, :mod:`lastvit.paradigms`)::
     name: synthetic_main
     paradigm: label          # label | text | self
     seeds: [0, 1, 2]
-    readouts: {cls: {}, lazystrike: {k: 1}}
+    readouts: {cls: {}, lazystrike: {}}   # {}: the recipe's own options (LazyStrike's K); or e.g. {k: 1}
     overrides: {trainer.max_steps: 2000}
     test_images: 1000
     variants:                # optional: extra runs that vary one knob (object size, clutter, depth, K ...)
@@ -18,6 +18,7 @@ It writes ``study.json`` (every run) and ``study.md`` (the table) into ``out``.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -25,11 +26,15 @@ from typing import Any
 
 import yaml
 
+from lastvit.io import write_json
 from lastvit.report import write_atomic
 
 __all__ = ["load_study", "run_study", "summarise"]
 
 _KEYS = ("accuracy", "pib", "pib_center", "score_auroc", "norm_block_max", "norm_block_median")
+#: self-supervised extras, each beside the same network untrained (summarised when every run of a group has them)
+_SELF_KEYS = ("knn_top1", "knn_top1_untrained", "linear_top1", "linear_top1_untrained", "pib_untrained",
+              "pib_center_untrained", "score_auroc_untrained")
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
@@ -45,6 +50,10 @@ def load_study(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def _num(v: Any) -> float:
+    return math.nan if v is None else float(v)  # strict JSON keeps a NaN as null
+
+
 def _mean_std(vals: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
@@ -58,9 +67,12 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (variant, readout), rs in groups.items():
         row = {"variant": variant, "readout": readout, "seeds": len(rs)}
         for k in _KEYS:
-            row[k] = _mean_std([float(r["metrics"][k]) for r in rs])
-        row["outlier_fraction"] = _mean_std([float(r["metrics"]["outliers_last_block"]["outlier_fraction"])
+            row[k] = _mean_std([_num(r["metrics"][k]) for r in rs])
+        row["outlier_fraction"] = _mean_std([_num(r["metrics"]["outliers_last_block"]["outlier_fraction"])
                                              for r in rs])
+        for k in _SELF_KEYS:
+            if all(k in r["metrics"] for r in rs):
+                row[k] = _mean_std([_num(r["metrics"][k]) for r in rs])
         rows.append(row)
     return rows
 
@@ -73,6 +85,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['variant']} | {r['readout']} | {r['seeds']} | {pct(r['accuracy'])} | {pct(r['pib'])} | "
                      f"{pct(r['pib_center'])} | {r['score_auroc'][0]:.3f} ± {r['score_auroc'][1]:.3f} | "
                      f"{r['norm_block_max'][0]:.1f} ± {r['norm_block_max'][1]:.1f} | {pct(r['outlier_fraction'])} |")
+    selfs = [r for r in rows if all(k in r for k in _SELF_KEYS)]
+    if selfs:  # every self-supervised number beside the same network untrained (same seed and readout)
+        lines += ["", "| variant | readout | kNN (%) | kNN untrained (%) | linear (%) | linear untrained (%) | "
+                  "PiB any (%) | PiB untrained (%) | AUROC | AUROC untrained |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in selfs:
+            lines.append(f"| {r['variant']} | {r['readout']} | {pct(r['knn_top1'])} | {pct(r['knn_top1_untrained'])} | "
+                         f"{pct(r['linear_top1'])} | {pct(r['linear_top1_untrained'])} | {pct(r['pib'])} | "
+                         f"{pct(r['pib_untrained'])} | {r['score_auroc'][0]:.3f} ± {r['score_auroc'][1]:.3f} | "
+                         f"{r['score_auroc_untrained'][0]:.3f} ± {r['score_auroc_untrained'][1]:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,15 +127,14 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
                             test_images=n_test, verbose=False)
                 rec = {"variant": vname, "readout": readout, "seed": seed, "paradigm": paradigm,
                        "metrics": r["metrics"], "overrides": over, "seconds": round(time.time() - t, 1)}
-                write_atomic(done, json.dumps(rec, indent=2, default=float))
+                write_json(done, rec)
                 runs.append(rec)
                 if verbose:
                     print(f"[study] {vname} {readout} seed {seed}: acc {100 * r['metrics']['accuracy']:.1f}% "
                           f"PiB {100 * r['metrics']['pib']:.1f}% ({rec['seconds']:.0f} s)", flush=True)
     rows = summarise(runs)
     table = _table(rows)
-    write_atomic(out / "study.json", json.dumps({"config": cfg, "runs": runs, "summary": rows}, indent=2,
-                                                 default=float))
+    write_json(out / "study.json", {"config": cfg, "runs": runs, "summary": rows})
     write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\nParadigm: {paradigm}; accuracy is the "
                                    f"{ACCURACY_NAMES[paradigm]} on the held-out split.\n\n{table}")
     if verbose:

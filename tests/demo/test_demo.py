@@ -97,3 +97,19 @@ def test_interpretation_is_void_when_one_twin_is_near_chance():
     assert "VOID" in text and "the CLS model" in text and "raised" not in text
     res["cls"]["accuracy"] = 0.85
     assert "LazyStrike raised Point-in-Box" in _interpret(res, 6)
+
+
+def test_study_table_shows_self_supervised_numbers_beside_the_untrained_network():
+    from lastvit.study import _table
+
+    def run(seed, knn, knn_u):
+        m = {"accuracy": knn, "pib": 0.5, "pib_center": 0.4, "score_auroc": 0.6, "norm_block_max": 9.0,
+             "norm_block_median": 3.0, "outliers_last_block": {"outlier_fraction": 0.0}, "knn_top1": knn,
+             "knn_top1_untrained": knn_u, "linear_top1": 0.7, "linear_top1_untrained": 0.6, "pib_untrained": 0.3,
+             "pib_center_untrained": 0.2, "score_auroc_untrained": None}  # a NaN read back from strict JSON
+        return {"variant": "main", "readout": "cls", "seed": seed, "metrics": m}
+
+    rows = summarise([run(0, 0.5, 0.2), run(1, 0.7, 0.4)])
+    assert rows[0]["knn_top1_untrained"] == pytest.approx((0.3, statistics.stdev([0.2, 0.4])))
+    table = _table(rows)
+    assert "kNN untrained (%)" in table and "| main | cls | 60.0 ± 14.1 | 30.0 ± 14.1 |" in table
