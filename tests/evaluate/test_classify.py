@@ -15,9 +15,10 @@ import torch
 from lastvit.cli import main
 
 SYN_NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # SyntheticConfig's normalisation
+DEMO = 64  # the demo's model (vit_micro_patch8_64) and benchmark are 64 px
 
 
-def _tree(root, image_size=32, classes=4, n_train=24, n_val=16):
+def _tree(root, image_size=DEMO, classes=4, n_train=24, n_val=16):
     from lastvit.data import SyntheticConfig, SyntheticDataset, write_imagefolder
 
     cfg = SyntheticConfig(image_size=image_size, num_classes=classes)
@@ -26,16 +27,15 @@ def _tree(root, image_size=32, classes=4, n_train=24, n_val=16):
     return root
 
 
-def _trained_model(root, image_size=32, classes=4):
-    """A tiny model whose head is fitted (logistic regression on its frozen pooled token) at its training transform:
-    the whole ``image_size`` image, the tree's normalisation."""
+def _trained_model(root, image_size=DEMO, classes=4):
+    """The demo's architecture with its head fitted (logistic regression on its frozen pooled token) at its training
+    transform: the whole ``image_size`` image, the tree's normalisation."""
     from lastvit import create_model
     from lastvit.data import build_eval_dataset, collate
     from lastvit.evaluate import extract_features, linear_probe
 
     torch.manual_seed(0)
-    model = create_model(None, img_size=image_size, patch_size=8, embed_dim=32, depth=1, num_heads=2,
-                         num_classes=classes)
+    model = create_model("vit_micro_patch8_64", img_size=image_size, num_classes=classes)
     ds = build_eval_dataset("synthetic", root, split="train", image_size=image_size, resize=image_size,
                             mean=SYN_NORM[0], std=SYN_NORM[1])
     f, y = extract_features(model, torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate))
@@ -78,14 +78,19 @@ def test_transform_comes_from_the_model_and_equals_the_right_flags(tree_and_mode
     a, b = tmp_path / "auto", tmp_path / "flags"
     assert _run("--checkpoint", ck, "--dataset", "synthetic", "--root", root, "--split", "val", "--out", a) == 0
     assert _run("--checkpoint", ck, "--dataset", "synthetic", "--root", root, "--split", "val", "--out", b,
-                "--image-size", 32, "--resize", 32, "--mean", 0.5, 0.5, 0.5, "--std", 0.25, 0.25, 0.25) == 0
+                "--image-size", DEMO, "--resize", DEMO, "--mean", 0.5, 0.5, 0.5, "--std", 0.25, 0.25, 0.25) == 0
     ma, mb = _metrics(a), _metrics(b)
     assert ma["head"] == mb["head"] and _rows(a) == _rows(b)
     assert ma["head"]["images"] == 16
     t = ma["eval_transform"]
-    assert (t["image_size"], t["resize"], t["mean"], t["std"]) == (32, 32, [0.5] * 3, [0.25] * 3)
+    assert (t["image_size"], t["resize"], t["mean"], t["std"]) == (DEMO, DEMO, [0.5] * 3, [0.25] * 3)
     assert t["sources"]["image_size"] == "model img_size" and t["sources"]["mean"] == "synthetic tree"
     assert mb["eval_transform"]["sources"]["image_size"] == "user"
+    # the fixed Resize 256 / CenterCrop 224 that evaluate classify used before gives another (wrong) number
+    c = tmp_path / "old_default"
+    assert _run("--checkpoint", ck, "--dataset", "synthetic", "--root", root, "--split", "val", "--out", c,
+                "--image-size", 224, "--resize", 256) == 0
+    assert _metrics(c)["head"] != ma["head"]
     assert ma["load_report"]["format"] == "lastvit" and ma["load_report"]["load"]["missing"] == []
 
 
@@ -146,7 +151,7 @@ def test_classification_library_call_matches_the_probe_functions(tree_and_model)
     from lastvit.evaluate import classification, extract_features, knn_accuracy
 
     root, _, model = tree_and_model
-    kw = dict(image_size=32, resize=32, mean=SYN_NORM[0], std=SYN_NORM[1])
+    kw = dict(image_size=DEMO, resize=DEMO, mean=SYN_NORM[0], std=SYN_NORM[1])
     te = build_eval_dataset("synthetic", root, split="val", **kw)
     tr = build_eval_dataset("synthetic", root, split="train", **kw)
     res = classification(model, te, tr, modes=("head", "knn"), batch_size=5, knn_k=3)
