@@ -55,6 +55,8 @@ def _num(v: Any) -> float:
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
+    if any(math.isnan(v) for v in vals):
+        return math.nan, math.nan
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
