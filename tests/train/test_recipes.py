@@ -133,3 +133,14 @@ def test_no_readout_twin_files():
     assert names
     twins = [n for n in names if n.endswith(("_cls", "_lazystrike"))]
     assert twins == [], f"readout twins (make the readout an override): {twins}"
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_packaged_recipe_resolves_and_builds_for_both_readouts(name):
+    from lastvit.train import build
+
+    for readout in ([], ["model.aggregator=cls"]):
+        cfg = load_config(name, [*readout, "data.train_size=64", "data.val_size=16"])
+        if cfg["task"] in ("classify", "clip", "dino"):
+            module, _ = build(cfg)
+            assert module.model is not None
