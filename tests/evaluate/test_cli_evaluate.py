@@ -317,3 +317,28 @@ def test_coarse_seg_cli_zero_images_is_an_error_naming_where_it_looked(vit_ckpt,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "imgs" in err[0], err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_zeroshot_seg_cli_synthetic_preset_and_pamr(tmp_path):
+    """A synthetic tree needs only --dataset synthetic (the preset fills layout, classes and labels);
+    --pamr-steps reaches the evaluator."""
+    from lastvit.checkpoints.clip import save_clip
+    from lastvit.models.clip import CLIP
+
+    syn = tmp_path / "syn"
+    assert main(["data", "synth", "--demo", "--out", str(syn), "--splits", "test", "--size", "2"]) == 0
+    torch.manual_seed(0)
+    clip = CLIP("vit_micro_patch8_64", text=dict(context_length=16, vocab_size=64, width=32, heads=2, layers=1),
+                embed_dim=16)
+    save_clip(clip, tmp_path / "clip.pt")
+    out = tmp_path / "zs"
+    assert main(["evaluate", "zeroshot-seg", "--checkpoint", str(tmp_path / "clip.pt"), "--dataset", "synthetic",
+                 "--root", str(syn), "--templates", "plain", "--crop", "64", "--stride", "32", "--pamr-steps", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    classes = (syn / "classes.txt").read_text().split()
+    assert m["images"] == 2 and m["effective"]["pamr_steps"] == 1
+    assert [r["class"] for r in m["per_class"]] == classes  # objects only: background is ignored
+    masks = [np.asarray(Image.open(p)) > 0 for p in sorted((syn / "Masks" / "test").glob("*.png"))]
+    assert m["pixels"] == sum(int(k.sum()) for k in masks)
+    assert m["load_report"]["format"] == "lastvit" and m["normalisation_source"] == "synthetic tree"

@@ -111,11 +111,6 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         v = getattr(args, key)
         if v is not None:
             opts[key] = v
-    cfg_kw: dict[str, Any] = {}
-    if "pamr_steps" in ZeroShotSegConfig.__dataclass_fields__:
-        cfg_kw["pamr_steps"] = args.pamr_steps if args.pamr_steps is not None else pre.get("pamr_steps", 0)
-    elif args.pamr_steps:
-        raise ValueError("--pamr-steps: PAMR refinement is not available in this build")
     cfg = ZeroShotSegConfig(
         classnames=args.classnames or pre["classnames"],
         variant=args.variant,
@@ -127,7 +122,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         synonyms=args.synonyms,
         background=args.background if args.background is not None else pre["background"],
         gaussian_std=args.gaussian_std,
-        **cfg_kw,
+        pamr_steps=args.pamr_steps if args.pamr_steps is not None else pre.get("pamr_steps", 0),
     )
     mean, std, nsrc = _stats(args, clip, report.get("extra"))
     ds = _dataset(pre["reader"], args.root, args.split or pre["split"], image_size=None, resize=None,
