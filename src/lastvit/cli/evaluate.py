@@ -259,8 +259,8 @@ def _run_classify(args: argparse.Namespace) -> int:
         parts.append(f"kNN top1 {metrics['knn']['top1']:.2f}")
     if "linear" in metrics:
         parts.append(f"linear top1 {metrics['linear']['top1']:.2f}")
-    print(f"classify {args.dataset}: {', '.join(parts)} (Resize {ev.resize}, CenterCrop {ev.image_size}: "
-          f"{ev.sources['image_size']}) -> {args.out}")
+    print(f"classify {args.dataset}: {', '.join(parts)} (CenterCrop {ev.image_size}: {ev.sources['image_size']}; "
+          f"Resize {ev.resize}: {ev.sources['resize']}) -> {args.out}")
     return 0
 
 
