@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -72,7 +73,7 @@ def load_model(args: argparse.Namespace, *, need_clip: bool = False, image_tower
             model = build_from_converted(conv, opts)
         for w in caught:  # the guesses are reported (stderr once, and in metrics.json), never silent
             if issubclass(w.category, ArchitectureGuessWarning):
-                print(f"warning: {w.message}", flush=True)
+                print(f"warning: {w.message}", file=sys.stderr, flush=True)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         rep = getattr(model, "load_report", None)
