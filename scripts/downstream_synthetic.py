@@ -1,14 +1,18 @@
 """Downstream evaluations of a study's models on the embedded benchmark (docs/RESULTS.md, issue: evaluations).
 
 For every run of a ``lastvit study`` output folder, writes the run's held-out split to disk as a synthetic tree
-(``lastvit data synth --demo --seed S``: the images the study evaluated) and runs, through the ``lastvit evaluate``
-commands, on the first ``--images`` test images:
+(the packaged ``synthetic_demo`` benchmark with the run's seed: the images the study evaluated) and runs, with the
+library's own functions (``lastvit.evaluate``), on the first ``--images`` test images:
 
-* object discovery: the LazyStrike rule (top patch's component and largest component) and LOST -> CorLoc;
-* coarse segmentation: Jaccard and binary (fg/bg) mIoU of the patch-score map thresholded by DINO's 60% mass rule;
-* text-supervised runs only: zero-shot segmentation (vanilla dense CLIP features, the training prompts, the 6 shape
-  names, object pixels only: background is ignored as in the VOC20 / Context59 protocols) -> mIoU.
+* object discovery (:func:`lastvit.evaluate.discover`): the LazyStrike rule (top patch's component and largest
+  component) and LOST -> CorLoc;
+* coarse segmentation (:func:`lastvit.evaluate.evaluate_coarse_seg`): Jaccard and binary (fg/bg) mIoU of the
+  patch-score map thresholded by DINO's 60% mass rule;
+* text-supervised runs only: zero-shot segmentation (:func:`lastvit.evaluate.evaluate_zeroshot_seg`; vanilla dense
+  CLIP features, the training prompts, the 6 shape names, object pixels only: background is ignored as in the
+  VOC20 / Context59 protocols) -> mIoU.
 
+Each evaluation writes ``metrics.json`` and ``per_image.csv`` under ``<run>/downstream/<evaluation>/``.
 Then prints and writes ``downstream.md`` / ``downstream.json`` (mean ± std over seeds per readout) into the study
 folder. Usage::
 
@@ -21,50 +25,89 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
-from lastvit.cli import main as cli
-from lastvit.io import atomic_write
+import torch
 
-CHECKPOINT = {"label": "model.pt", "text": "clip.pt", "self": "teacher.pth"}
+from lastvit.io import atomic_write, write_csv, write_json
+
+TEMPLATES = ["a {}", "a small {}", "a medium {}", "a large {}"]  # the text recipe's training prompts
 
 
 def _tree(study: Path, seed: int, images: int) -> Path:
+    from lastvit.data import SyntheticConfig, SyntheticDataset, write_imagefolder
+    from lastvit.recipes import load_benchmark
+
     root = study / "_trees" / f"seed{seed}"
-    if not (root / "metrics.json").is_file():
-        assert cli(["data", "synth", "--demo", "--seed", str(seed), "--splits", "test", "--size", str(images),
-                    "--out", str(root)]) == 0
+    if not (root / "classes.txt").is_file():
+        write_imagefolder(SyntheticDataset(SyntheticConfig(**load_benchmark("synthetic_demo"), seed=seed), "test",
+                                           size=images), root)
     return root
 
 
-def _run(argv: list[str], out: Path) -> dict:
-    if not (out / "metrics.json").is_file():
-        rc = cli([*argv, "--out", str(out), "--no-progress"])
-        if rc != 0:
-            raise SystemExit(f"lastvit {' '.join(argv)} failed ({rc})")
-    return json.loads((out / "metrics.json").read_text())
+def _samples(ds: Any):
+    for i in range(len(ds)):
+        s = ds[i]
+        if s is not None:  # an unreadable file: skipped (the reader counts it)
+            yield s
+
+
+def _dataset(name: str, tree: Path, model: torch.nn.Module, images: int, **opts: Any):
+    from lastvit.data import build_eval_dataset
+    from lastvit.data.transforms import default_normalisation
+
+    norm = default_normalisation(model, tree)
+    return build_eval_dataset(name, tree, image_size=None, resize=None, mean=norm.mean, std=norm.std,
+                              limit=images, **opts)
+
+
+def _once(out: Path, compute) -> dict:
+    """``out/metrics.json`` when it exists (a finished evaluation), else ``compute()`` written there."""
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    metrics, rows = compute()
+    write_csv(out / "per_image.csv", rows)
+    write_json(out / "metrics.json", metrics)
+    return metrics
 
 
 def evaluate_run(run_dir: Path, rec: dict, tree: Path, images: int) -> dict[str, float]:
-    ckpt = run_dir / CHECKPOINT[rec.get("paradigm", "label")]
+    from lastvit import create_model
+    from lastvit.evaluate import ZeroShotSegConfig, discover, evaluate_coarse_seg, evaluate_zeroshot_seg
+
+    ckpt = run_dir / "model.pt"  # every task writes model.pt (text: the whole CLIP; self: the teacher backbone)
     if not ckpt.is_file():
         raise SystemExit(f"{ckpt}: the run's checkpoint is missing")
-    common = ["--checkpoint", str(ckpt), "--root", str(tree), "--limit", str(images)]
+    model = create_model(checkpoint=str(ckpt)).eval()
+    vit = model.visual if hasattr(model, "visual") and not hasattr(model, "forward_tokens") else model
     ev = run_dir / "downstream"
-    d = _run(["evaluate", "discovery", *common, "--dataset", "synthetic", "--split", "test",
-              "--methods", "lazystrike,lazystrike-largest,lost"], ev / "discovery")
-    c = _run(["evaluate", "coarse-seg", *common, "--dataset", "synthetic", "--split", "test"], ev / "coarse")
+    methods = ["lazystrike", "lazystrike-largest", "lost"]
+
+    def discovery():
+        res = discover(vit, _samples(_dataset("synthetic", tree, vit, images, split="test")), methods=methods)
+        rows = [{"id": sid, **{f"{m}_hit": int(res[m].hits[i]) for m in methods}}
+                for i, sid in enumerate(res[methods[0]].ids)]
+        return {"methods": {m: {"corloc": r.corloc, "images": len(r.hits)} for m, r in res.items()}}, rows
+
+    def coarse():
+        res = evaluate_coarse_seg(vit, _samples(_dataset("synthetic", tree, vit, images, split="test")))
+        return {k: v for k, v in res.items() if k != "per_image"}, res["per_image"]
+
+    d = _once(ev / "discovery", discovery)
+    c = _once(ev / "coarse", coarse)
     res = {f"corloc_{m.replace('-', '_')}": v["corloc"] for m, v in d["methods"].items()}
     res["coarse_jaccard"] = c["jaccard"]
     res["coarse_binary_miou"] = c["binary_miou"]
     if rec.get("paradigm") == "text":
-        tpl = ev / "templates.txt"
-        ev.mkdir(parents=True, exist_ok=True)
-        tpl.write_text("a {}\na small {}\na medium {}\na large {}\n")
-        z = _run(["evaluate", "zeroshot-seg", *common, "--dataset", "seg", "--img-dir", "test", "--ann-dir",
-                  "Segmentation/test", "--img-suffix", ".png", "--classnames", str(tree / "classes.txt"),
-                  "--reduce-zero-label", "--no-background", "--templates", str(tpl), "--short-side", "0",
-                  "--crop", "64", "--stride", "32"], ev / "zeroshot")
-        res["zeroshot_miou"] = z["mIoU"]
+        def zeroshot():
+            ds = _dataset("seg", tree, model, images, img_dir="test", ann_dir="Segmentation/test", img_suffix=".png",
+                          reduce_zero_label=True)
+            cfg = ZeroShotSegConfig(classnames=str(tree / "classes.txt"), short_side=None, crop=64, stride=32,
+                                    background=False)
+            r = evaluate_zeroshot_seg(model, _samples(ds), cfg, templates=TEMPLATES)
+            return {k: v for k, v in r.items() if k != "per_image"}, r["per_image"]
+
+        res["zeroshot_miou"] = _once(ev / "zeroshot", zeroshot)["mIoU"]
     return res
 
 
@@ -92,7 +135,7 @@ def main() -> None:
         cells = [f"{v[k][0]:.1f} ± {v[k][1]:.1f}" if k in v else "–" for k in keys]
         lines.append(f"| {name} | {len(rows[name])} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
-    atomic_write(args.study / "downstream.json", json.dumps({"runs": rows, "summary": summary}, indent=2))
+    write_json(args.study / "downstream.json", {"runs": rows, "summary": summary})
     atomic_write(args.study / "downstream.md", f"# Downstream on the synthetic test split ({args.images} images "
                                                f"per seed)\n\n{table}")
     print("\n" + table)
