@@ -191,16 +191,35 @@ def _command_name(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ quiet + errors
-def _quiet() -> None:
+@contextlib.contextmanager
+def _quiet():
+    """Filter the warnings and info logs a user cannot act on while a command runs (restored afterwards, so an
+    in-process caller such as a test keeps its own settings)."""
     if os.environ.get("LASTVIT_DEBUG"):
+        yield
         return
-    for pattern in _QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|timm|lightning|open_clip|torchvision)")
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("LITLOGGER_DISABLE_TIP", "1")
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning",
+                                               "pytorch_lightning")]
+    levels = [lg.level for lg in loggers]
+    tip = os.environ.get("LITLOGGER_DISABLE_TIP")
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                module=r"(torch|timm|lightning|open_clip|torchvision)")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        os.environ["LITLOGGER_DISABLE_TIP"] = "1"
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+            if tip is None:
+                os.environ.pop("LITLOGGER_DISABLE_TIP", None)
+            else:
+                os.environ["LITLOGGER_DISABLE_TIP"] = tip
 
 
 def _check_device(args: argparse.Namespace) -> None:
@@ -239,9 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    _quiet()
     label = _command_name(args)
     debug = bool(os.environ.get("LASTVIT_DEBUG"))
+    with _quiet():
+        return _dispatch(args, label, debug)
+
+
+def _dispatch(args: argparse.Namespace, label: str, debug: bool) -> int:
     try:
         _check_device(args)
         out, resume = run_folder(args)
