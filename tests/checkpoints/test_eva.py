@@ -374,3 +374,16 @@ def test_finetune_from_an_eva_clip_with_lazystrike(tmp_path, eva_clip):
     vit.encoder.set_grad_checkpointing(True)
     torch.testing.assert_close(vit.forward_tokens(X_ODD).patches, plain)
     vit.encoder.set_grad_checkpointing(False)
+
+
+def test_every_diagnostic_runs_on_an_eva_clip(tmp_path, eva_clip):
+    ref, cfg = eva_clip
+    torch.save(ref.state_dict(), tmp_path / "eva02.pt")
+    syn = tmp_path / "syn"
+    assert main(["data", "synth", "--demo", "--out", str(syn), "--splits", "test", "--size", "2"]) == 0
+    for kind in ("pib", "scores", "masking", "norms", "votes", "pca", "attention"):
+        out = tmp_path / kind
+        assert main(["analyze", kind, "--checkpoint", str(tmp_path / "eva02.pt"), "--arch", cfg, "--dataset",
+                     "synthetic", "--root", str(syn), "--out", str(out), "--no-progress", "--num-figures", "1"]) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["kind"] == kind, kind
