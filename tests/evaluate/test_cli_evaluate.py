@@ -221,6 +221,38 @@ def test_discovery_cli_coco20k_image_list(tmp_path, vit_ckpt):
     assert m["methods"]["lost"]["images"] == 2
 
 
+def test_discovery_cli_coco_defaults_to_the_lost_protocol(tmp_path, vit_ckpt):
+    # COCO20k as LOST scores it: a crowd-only image stays in CorLoc's denominator as a miss; --coco-protocol float
+    # keeps the previous behaviour (the image is left out)
+    root = tmp_path / "coco"
+    (root / "train2014").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    rng = np.random.default_rng(2)
+    images, anns = [], []
+    for i in range(2):
+        fn = f"COCO_train2014_{i:012d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "train2014" / fn)
+        images.append({"id": i + 1, "file_name": fn, "width": 48, "height": 40})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4.5, 4, 30, 20], "area": 600,
+                     "iscrowd": i, "segmentation": [[4, 4, 34, 4, 34, 24, 4, 24]]})
+    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+    counts = {}
+    for proto in (None, "float"):
+        out = tmp_path / f"run_{proto}"
+        extra = ["--coco-protocol", proto] if proto else []
+        rc = main(["evaluate", "discovery", "--checkpoint", str(vit_ckpt), "--dataset", "coco", "--root", str(root),
+                   "--split", "train2014", "--methods", "lazystrike", "--out", str(out), "--no-progress", *extra])
+        assert rc == 0
+        rows = _read_csv(out / "per_image.csv")
+        counts[proto] = [r["id"] for r in rows]
+        if proto is None:
+            assert rows[1]["lazystrike_hit"] == "0"  # the crowd-only image is a miss
+            assert rows[0]["lazystrike_box"] and json.loads((out / "metrics.json").read_text())[
+                "methods"]["lazystrike"]["images"] == 2
+    assert counts == {None: ["1", "2"], "float": ["1"]}
+
+
 def test_zeroshot_seg_cli_mmseg_layout_reduce_zero(tmp_path):
     from lastvit.checkpoints.clip import save_clip
     from lastvit.models.clip import CLIP

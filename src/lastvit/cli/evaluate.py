@@ -181,7 +181,7 @@ def _run_coarse(args: argparse.Namespace) -> int:
 
 
 def _run_discovery(args: argparse.Namespace) -> int:
-    from lastvit.evaluate.discovery import discover
+    from lastvit.evaluate.discovery import coco_reader_options, discover
 
     model, report = load_model(args)
     mean, std, nsrc = _stats(args, model, report.get("extra"))
@@ -194,13 +194,15 @@ def _run_discovery(args: argparse.Namespace) -> int:
         opts["image_list"] = args.image_list
     if args.dataset == "coco":
         opts["masks"] = False
+        opts.update(coco_reader_options(args.coco_protocol))
     if args.dataset == "voc":
         opts["imageset"] = "Main"
     ds = _dataset(args.dataset, args.root, args.split, image_size=args.image_size, resize=args.resize,
                   mean=mean, std=std, limit=args.limit, **opts)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     res = discover(model, _iterate(ds, args, "discovery"), methods=methods, device=args.device,
-                   k_patches=args.k_patches, n_std=args.n_std, connectivity=args.connectivity, tau=args.tau)
+                   k_patches=args.k_patches, n_std=args.n_std, connectivity=args.connectivity, tau=args.tau,
+                   batch_size=args.batch_size, solver=args.eig_solver)
     rows = []
     first = res[methods[0]]
     for i, sid in enumerate(first.ids):
@@ -335,6 +337,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--methods", default="lazystrike,lost",
                    help="comma list of lazystrike, lazystrike-largest, lost, tokencut")
     o.add_argument("--image-list", help="COCO20k file list")
+    o.add_argument("--coco-protocol", default="lost", choices=("lost", "float"),
+                   help="COCO20k ground truth: lost (the official protocol: boxes rounded to integers, crowd-only "
+                        "images count as misses) | float (float boxes, crowd-only images left out)")
+    o.add_argument("--batch-size", type=int, default=1,
+                   help="same-size images per forward pass (the boxes are those of batch 1)")
+    o.add_argument("--eig-solver", default="lanczos", choices=("lanczos", "dense", "generalized"),
+                   help="TokenCut's eigensolver for the second-smallest eigenvector (identical partitions)")
     o.add_argument("--k-patches", type=int, default=100)
     o.add_argument("--n-std", type=float, default=1.0)
     o.add_argument("--connectivity", type=int, default=4, choices=(4, 8))
