@@ -11,8 +11,10 @@
   note; a lock written on **another host** cannot be checked and is refused unless ``overwrite=True``.
 - **A finished run** (the completion marker ``<out>/.lastvit-done.json`` that :func:`claim_run` writes on success, or
   a ``metrics.json``) is continued only with ``resume=True`` (commands that can resume), replaced only with
-  ``overwrite=True`` (which first removes the old marker and ``metrics.json``, so that a replacement that fails
-  cannot be mistaken for a finished run), and otherwise refused.
+  ``overwrite=True``, and otherwise refused. ``--overwrite`` first deletes the files the finished run wrote (the
+  marker lists every file created or changed inside ``out`` during the run; files that were there before, e.g.
+  yours, are not listed and stay), then the marker and ``metrics.json``, so that the new run's outputs cannot mix
+  with the old ones and a replacement that fails cannot be mistaken for a finished run.
 - An **unfinished** run (files but no marker: killed, crashed) is continued: lastvit writes every output through
   :mod:`lastvit.io` (temporary file + rename), so what it left is either complete or absent.
 """
@@ -141,6 +143,53 @@ def finished_run(out: str | os.PathLike) -> str | None:
     return None
 
 
+def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
+    """relative path -> (mtime_ns, size) of the regular files under ``out`` (symlinks not followed; the lock,
+    the marker and temporary files left out)."""
+    snap: dict[str, tuple[int, int]] = {}
+    for dirpath, _dirnames, filenames in os.walk(out):
+        for name in filenames:
+            if name.startswith(LOCK_NAME) or name == DONE_NAME:
+                continue
+            p = Path(dirpath) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if not p.is_symlink():
+                snap[p.relative_to(out).as_posix()] = (st.st_mtime_ns, st.st_size)
+    return snap
+
+
+def _previous_files(out: Path) -> list[str] | None:
+    try:
+        files = json.loads((out / DONE_NAME).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else None
+
+
+def _remove_previous(out: Path, files: list[str]) -> int:
+    """Delete the files a finished run recorded in its marker (only inside ``out``), then their empty folders."""
+    root = out.resolve()
+    n = 0
+    dirs = set()
+    for rel in files:
+        p = (out / rel)
+        try:
+            if p.is_symlink() or not p.resolve().is_relative_to(root) or not p.is_file():
+                continue
+            p.unlink()
+            n += 1
+            dirs.update(q for q in p.parents if q != out and q.resolve().is_relative_to(root))
+        except OSError:
+            continue
+    for d in sorted(dirs, key=lambda q: len(q.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when empty
+    return n
+
+
 def _check_folder(out: Path) -> None:
     for p in (out, *out.parents):
         if p.exists():
@@ -217,16 +266,22 @@ def claim_run(out: str | os.PathLike, *, command: str, resume: bool = False, ove
                 claim.resumed = True
                 claim.notes.append(f"resuming {done} in {out}")
             elif overwrite:
+                previous = _previous_files(out)
+                removed = _remove_previous(out, previous) if previous else 0
                 for name in (DONE_NAME, "metrics.json"):
                     with contextlib.suppress(FileNotFoundError):
                         (out / name).unlink()
-                claim.notes.append(f"replacing {done} in {out} (--overwrite)")
+                what = f"its {removed} files removed" if previous else \
+                    "no file list: its metrics.json removed, other files are replaced as they are rewritten"
+                claim.notes.append(f"replacing {done} in {out} (--overwrite; {what})")
             else:
                 how = "--resume to continue it or --overwrite" if resumable else "--overwrite"
                 raise RunDirError(f"--out {out} holds {done}: pass {how} to replace it, or use another --out")
         if not quiet:
             for note in claim.notes:
                 print(f"lastvit {command}: note: {note}", file=sys.stderr)
+        before = _snapshot(out)
+        kept = (_previous_files(out) or []) if claim.resumed else []
         previous_handler = _install_sigterm()
         _SIGTERM_SEEN[0] = False
         yield claim
@@ -236,8 +291,10 @@ def claim_run(out: str | os.PathLike, *, command: str, resume: bool = False, ove
         if claim.completed:
             from lastvit.io import atomic_write
 
+            after = _snapshot(out)
+            files = sorted({*kept, *(f for f, st in after.items() if before.get(f) != st)} & set(after))
             atomic_write(out / DONE_NAME, json.dumps({**me, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                       "resumed": claim.resumed}, indent=1) + "\n")
+                                                       "resumed": claim.resumed, "files": files}, indent=1) + "\n")
     finally:
         _restore_sigterm(previous_handler)
         info = _read_lock(lock)

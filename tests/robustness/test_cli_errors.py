@@ -133,3 +133,17 @@ def test_train_is_quiet(tree: Path, tmp_path: Path):
     for noise in ("GPU available", "TPU available", "LeafSpec", "weights_only", "litlogger", "Warning"):
         assert noise not in r.stderr + r.stdout, noise
     assert r.stdout.strip().startswith("lastvit train: done ->")
+
+
+def test_a_finished_folder_is_refused_then_replaced_with_overwrite(tmp_path: Path, capsys):
+    out = tmp_path / "synth"
+    argv = ["data", "synth", "--out", str(out), "--size", "2", "--image-size", "32"]
+    assert main(argv) == 0
+    first = sorted(p.name for p in (out / "val").rglob("*.png"))
+    capsys.readouterr()
+    assert main(argv) != 0
+    line = _one_line(capsys, "data synth")
+    assert f"--out {out} holds a finished run" in line and "--overwrite" in line and "--resume" not in line
+    assert main([*argv, "--overwrite", "--seed", "1"]) == 0
+    assert sorted(p.name for p in (out / "val").rglob("*.png")) == first and (out / ".lastvit-done.json").is_file()
+    assert "replacing a finished run" in capsys.readouterr().err

@@ -203,3 +203,24 @@ def test_second_train_into_a_live_out_is_refused(tmp_path: Path):
     assert first.returncode != 0
     assert not (out / LOCK_NAME).exists()  # SIGTERM removed the lock
     assert not (out / DONE_NAME).exists()  # and the interrupted run is not marked finished
+
+
+def test_overwrite_removes_what_the_finished_run_wrote_and_nothing_else(tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's file, there before the run")
+    with claim_run(out, command="data synth"):
+        (out / "val" / "a").mkdir(parents=True)
+        (out / "val" / "a" / "x.png").write_bytes(b"1")
+        (out / "metrics.json").write_text("{}")
+    assert json.loads((out / DONE_NAME).read_text())["files"] == ["metrics.json", "val/a/x.png"]
+    with claim_run(out, command="data synth", overwrite=True) as claim:
+        assert not (out / "val").exists() and not (out / "metrics.json").exists()
+        assert (out / "notes.txt").read_text().startswith("the user's file")
+        (out / "val" / "b").mkdir(parents=True)
+        (out / "val" / "b" / "y.png").write_bytes(b"2")
+    assert "its 2 files removed" in claim.notes[0]
+    assert json.loads((out / DONE_NAME).read_text())["files"] == ["val/b/y.png"]
+    with claim_run(out, command="train", resume=True):  # a resumed run's list keeps what the first one wrote
+        (out / "more.txt").write_text("3")
+    assert json.loads((out / DONE_NAME).read_text())["files"] == ["more.txt", "val/b/y.png"]
