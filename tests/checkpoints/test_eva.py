@@ -387,3 +387,22 @@ def test_every_diagnostic_runs_on_an_eva_clip(tmp_path, eva_clip):
                      "synthetic", "--root", str(syn), "--out", str(out), "--no-progress", "--num-figures", "1"]) == 0
         m = json.loads((out / "metrics.json").read_text())
         assert m["kind"] == kind, kind
+
+
+def test_eva_by_timm_name(eva_clip):
+    """create_model / CLIP by a timm Eva name: family "eva" read off the timm model; timm's weights load 1:1."""
+    import timm
+
+    vit = lastvit.create_model(TIMM_NAME, num_classes=0, aggregator="cls").eval()
+    assert vit.arch["family"] == "eva" and vit.arch["eva"]["ref_feat_shape"] == list(REF)
+    torch.manual_seed(5)
+    ref = timm.create_model(TIMM_NAME, num_classes=0).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    vit.encoder.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(vit.encode(X), ref.forward_features(X), atol=1e-5, rtol=0)
+        torch.testing.assert_close(vit.encoder.forward_features(X), ref.forward_features(X), atol=1e-5, rtol=0)
+    clip = CLIP(TIMM_NAME, text=dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1), embed_dim=16)
+    assert clip.visual.arch["family"] == "eva" and clip.visual.head.bias is not None

@@ -101,7 +101,7 @@ def _is_torchvision(keys: list[str]) -> str | None:
 
 
 def _model_payload(obj: Mapping) -> tuple[str | None, Mapping | None]:
-    for key in ("model", "state_dict", "model_state_dict", "model_ema", "net"):
+    for key in ("model", "state_dict", "model_state_dict", "model_ema", "net", "module"):
         v = obj.get(key)
         if isinstance(v, Mapping) and any(isinstance(t, torch.Tensor) for t in v.values()):
             return key, v

@@ -62,6 +62,8 @@ def _text_tower(cfg: dict[str, Any], embed_dim: int, quick_gelu: bool) -> nn.Mod
 def _vision_arch(vision: str | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     if isinstance(vision, str):
         base = dict(PRESETS[vision]) if vision in PRESETS else arch_from_timm(vision)
+        if base.get("family") == "eva":  # EVA-CLIP's projection is timm's Linear head, with a bias
+            base.setdefault("proj_bias", True)
         return {**ARCH_DEFAULTS, **CLIP_VISION_DEFAULTS, **base}, vision
     unknown = set(vision) - set(ARCH_DEFAULTS)
     if unknown:

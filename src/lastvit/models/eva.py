@@ -151,6 +151,26 @@ class EvaEncoder(Eva):
                              f"encoder's last patch grid {g}; run it through LastViT.forward_blocks or pass rope=")
         return self.rope_embed(g)
 
+    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        """timm's ``Eva.forward_features`` on this encoder (final-normed tokens): patch and position embedding,
+        then every block with the grid's rotary embedding."""
+        x = self.patch_embed(x)
+        grid = self._grid
+        x = self.norm_pre(self._pos_embed(x))
+        rope = self.rope_embed(grid)
+        for blk in self.blocks:
+            x = blk(x, rope=rope, attn_mask=attn_mask, is_causal=is_causal)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                is_causal: bool = False) -> torch.Tensor:
+        return self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
+
+    def forward_intermediates(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        raise NotImplementedError("use LastViT.forward_intermediates (the token path walks an EVA encoder's blocks "
+                                  "with their rotary embedding)")
+
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Absolute position embedding (timm's resampling), class token / registers: tokens only (the rotary
         embedding is LastViT's to pass to the blocks)."""
