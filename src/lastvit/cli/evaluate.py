@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lastvit.cli._common import add_model_args, load_model
+from lastvit.evaluate.dense import VARIANTS
 from lastvit.io import write_csv, write_json
 
 
@@ -295,7 +296,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(z, "voc21 | voc20 | context60 | context59 | coco_stuff171 | coco_object | cityscapes | ade20k | seg")
     o = z.add_argument_group("zero-shot options")
     o.add_argument("--classnames", help="shipped list name or class-name file (default: the preset's)")
-    o.add_argument("--variant", default="vanilla", choices=("vanilla", "maskclip", "sclip", "clearclip", "naclip"))
+    o.add_argument("--variant", default="vanilla", choices=VARIANTS,
+                   help="dense features of the last block (docs/evaluate.md): " + " | ".join(VARIANTS))
     o.add_argument("--short-side", type=int, default=None, help="resize short side (0: native; default: preset's)")
     o.add_argument("--crop", type=int, default=224)
     o.add_argument("--stride", type=int, default=112)

@@ -8,7 +8,7 @@ calls them. See docs/evaluate.md for the protocols.
 
 from lastvit.evaluate.classify import MODES, classification, evaluate_head
 from lastvit.evaluate.coarse_seg import PROTOCOLS, evaluate_coarse_seg, object_masks, threshold_scores
-from lastvit.evaluate.dense import VARIANTS, dense_features
+from lastvit.evaluate.dense import VARIANTS, dense_features, fvit_taps
 from lastvit.evaluate.discovery import (
     DiscoveryResult,
     component_box,
@@ -50,6 +50,7 @@ __all__ = [
     "component_box",
     "corloc_hits",
     "dense_features",
+    "fvit_taps",
     "discover",
     "evaluate_coarse_seg",
     "evaluate_head",
