@@ -143,3 +143,14 @@ def test_pca_title_does_not_overlap_the_images():
     top_of_images = max(ax.get_window_extent(r).y1 for ax in fig.axes)
     assert title.y0 >= top_of_images
     assert title.y1 <= fig.bbox.y1
+
+
+def test_no_image_found_is_an_error_naming_where_it_looked(tree, tmp_path, capsys):
+    data = tmp_path / "empty"
+    (data / "val").mkdir(parents=True)
+    shutil.copy(tree / "data" / "classes.txt", data / "classes.txt")
+    out = tmp_path / "out"
+    rc = _analyze(tree, "pib", out, data=str(data))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and str(data / "val") in err and "no images" in err
+    assert not (out / "metrics.json").exists()

@@ -31,16 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output root")
     s.add_argument("--splits", nargs="+", default=["val"], choices=("train", "val", "test"))
     s.add_argument("--size", type=int, default=None, help="images per split (default: the config's split size)")
-    s.add_argument("--num-classes", type=int, default=10)
-    s.add_argument("--image-size", type=int, default=64)
-    s.add_argument("--min-size", type=float, default=0.2)
-    s.add_argument("--max-size", type=float, default=0.45)
-    s.add_argument("--clutter", type=int, default=8)
-    s.add_argument("--texture", type=float, default=0.15)
+    from lastvit.data.synthetic import SyntheticConfig
+
+    d = SyntheticConfig()  # the defaults are the config's own (written once, in lastvit.data.synthetic)
+    s.add_argument("--num-classes", type=int, default=d.num_classes)
+    s.add_argument("--image-size", type=int, default=d.image_size)
+    s.add_argument("--min-size", type=float, default=d.min_size)
+    s.add_argument("--max-size", type=float, default=d.max_size)
+    s.add_argument("--clutter", type=int, default=d.clutter)
+    s.add_argument("--texture", type=float, default=d.texture)
     s.add_argument("--no-gradient", action="store_true")
-    s.add_argument("--multi-object", type=int, default=0)
-    s.add_argument("--colour-jitter", type=float, default=0.08)
-    s.add_argument("--pattern", type=float, default=0.0,
+    s.add_argument("--multi-object", type=int, default=d.multi_object)
+    s.add_argument("--colour-jitter", type=float, default=d.colour_jitter)
+    s.add_argument("--pattern", type=float, default=d.pattern,
                    help="class-specific stripe texture on the object, 0-1 (--demo sets the demo's value)")
     s.add_argument("--demo", action="store_true",
                    help="the demo's benchmark (the packaged definition synthetic_demo: classes, image size, "
