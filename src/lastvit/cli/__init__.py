@@ -114,9 +114,12 @@ def _add_run_options(command: str, parser: argparse.ArgumentParser) -> None:
             continue
         if "overwrite" not in d:
             p.add_argument("--overwrite", action="store_true",
-                           help="replace a finished run in --out (or take over another host's lock)")
+                           help="replace a finished run in --out, deleting the files it wrote first (also: take over "
+                                "a lock written on another host)")
         if command in RESUMABLE and "resume" not in d:
-            p.add_argument("--resume", action="store_true", help="continue the finished or interrupted run in --out")
+            p.add_argument("--resume", action="store_true",
+                           help="continue the finished run in --out (an interrupted run, without a completion "
+                                "marker, is continued anyway)")
 
 
 def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
