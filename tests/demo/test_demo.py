@@ -113,3 +113,25 @@ def test_study_table_shows_self_supervised_numbers_beside_the_untrained_network(
     assert rows[0]["knn_top1_untrained"] == pytest.approx((0.3, statistics.stdev([0.2, 0.4])))
     table = _table(rows)
     assert "kNN untrained (%)" in table and "| main | cls | 60.0 ± 14.1 | 30.0 ± 14.1 |" in table
+
+
+def test_time_estimate_is_measured_on_this_machine(capsys, monkeypatch):
+    import lastvit.demo as demo
+
+    now = [0.0]
+    monkeypatch.setattr(demo.time, "time", lambda: now[0])
+    eta = demo._Eta("label/cls", runs=2, after=4)
+
+    class Trainer:
+        global_step = 0
+        estimated_stepping_batches = 120
+
+    t = Trainer()
+    for step in range(1, 8):
+        t.global_step = step
+        now[0] = 0.5 * step  # 0.5 s per step
+        eta.on_train_batch_end(t)
+    out = capsys.readouterr().out
+    assert out.count("s per step") == 1  # printed once, after the first 4 timed steps
+    assert "0.50 s per step" in out and "1.0 min to train this readout (120 steps)" in out
+    assert "2.0 min of training left for this demo (2 runs" in out
