@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "output for a cls readout, the pooled token otherwise; the release's PiB evaluator uses "
                           "the class-token output: --source cls); recorded in metrics.json")
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", required=True, help="imagenet | voc | coco | synthetic")
+    data.add_argument("--dataset", required=True, help="imagenet | voc | coco | synthetic | imagefolder | seg")
     data.add_argument("--root", help="dataset root directory (synthetic: optional)")
     data.add_argument("--ann-dir", default=None,
                       help="annotation folder elsewhere than the reader's default (imagenet: the XML boxes; "
