@@ -90,7 +90,7 @@ def selection(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_data(args: argparse.Namespace, model: torch.nn.Module, sel: dict[str, Any]):
-    from lastvit.data import build_eval_dataset, collate
+    from lastvit.data import build_eval_dataset, collate, skip_empty_batches
 
     size = args.image_size or int(model.arch.get("img_size", 224))
     resize = args.resize
@@ -105,7 +105,7 @@ def _load_data(args: argparse.Namespace, model: torch.nn.Module, sel: dict[str, 
                             limit=args.limit, **opts)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.num_workers, collate_fn=collate)
-    return ds, loader
+    return ds, skip_empty_batches(loader)  # a batch whose every image failed to decode: skipped (counted by ds)
 
 
 def _progress(it, args: argparse.Namespace, total: int, desc: str):
