@@ -133,6 +133,10 @@ def safe_torch_load(path: str | os.PathLike, *, allow_pickle: bool = False) -> t
             KeyError, TypeError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint (truncated or corrupted?): "
                               f"{_one_line(e)}") from None
+    except Exception as e:  # e.g. torch.load handing a safetensors-looking file to safetensors (SafetensorError)
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise CheckpointError(f"{p}: unreadable safetensors file ({_one_line(e)})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
