@@ -406,3 +406,40 @@ def test_eva_by_timm_name(eva_clip):
         torch.testing.assert_close(vit.encoder.forward_features(X), ref.forward_features(X), atol=1e-5, rtol=0)
     clip = CLIP(TIMM_NAME, text=dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1), embed_dim=16)
     assert clip.visual.arch["family"] == "eva" and clip.visual.head.bias is not None
+
+
+@pytest.mark.parametrize("name", ["EVA02-B-16", "EVA02-L-14", "EVA02-L-14-336", "ViT-B-16-quickgelu",
+                                  "ViT-L-14-quickgelu"])
+def test_full_size_layouts_map_key_for_key(name):
+    """open_clip's real configs, built on the meta device (no weights): every converted key of both towers has the
+    shape of lastvit's CLIP built from the inferred architecture + the config's heads / rope / activation; the EVA
+    configs also in BAAI's EVA-CLIP names."""
+    import open_clip
+
+    from lastvit.checkpoints import arch_config
+    from lastvit.checkpoints.clip import _clip_state_dict, _split_clip_part
+    from lastvit.checkpoints.formats import convert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        oc = open_clip.create_model(name, pretrained=None, device="meta")
+    spec = arch_config(name)
+    layouts = {"open_clip": dict(oc.state_dict())}
+    if name.startswith("EVA"):
+        layouts["eva_clip"] = _baai_state_dict(oc)
+    for fmt, sd in layouts.items():
+        ckpt = convert(sd, f"{name}.pt")
+        assert ckpt.format == fmt and not ckpt.unmapped and not ckpt.unsupported
+        arch = dict(ckpt.arch, num_heads=spec["num_heads"])
+        if "eva" in spec:
+            arch["eva"] = {**arch["eva"], **spec["eva"]}
+            assert arch["family"] == "eva" and arch["eva"]["ref_feat_shape"] == [16, 16]
+            assert arch["img_size"] == (336 if name.endswith("336") else 224)
+        _, text_cfg, embed_dim, _ = _split_clip_part(ckpt.clip, ckpt.path)
+        text_cfg["heads"] = spec["text_heads"]
+        with torch.device("meta"):
+            ours = CLIP(arch, text_cfg, embed_dim, quick_gelu=bool(spec.get("quick_gelu")))
+        src, tgt = _clip_state_dict(ckpt), ours.state_dict()
+        assert sorted(src) == sorted(tgt)
+        assert [k for k in tgt if src[k].shape != tgt[k].shape] == []
+        assert ours.quick_gelu == name.endswith("quickgelu")
