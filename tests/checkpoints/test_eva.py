@@ -443,3 +443,13 @@ def test_full_size_layouts_map_key_for_key(name):
         assert sorted(src) == sorted(tgt)
         assert [k for k in tgt if src[k].shape != tgt[k].shape] == []
         assert ours.quick_gelu == name.endswith("quickgelu")
+
+
+def test_open_clip_eva_image_tower_saved_alone(tmp_path, eva_clip):
+    """``model.visual.state_dict()`` of an open_clip EVA (``trunk.*``): a LastViT with the projection (and bias)."""
+    ref, cfg = eva_clip
+    torch.save(ref.visual.state_dict(), tmp_path / "visual.pt")
+    vit = lastvit.create_model(checkpoint=str(tmp_path / "visual.pt"), arch=cfg, aggregator="cls").eval()
+    assert vit.head_type == "proj" and vit.head.bias is not None and vit.load_report.ok
+    with torch.no_grad():
+        torch.testing.assert_close(vit(X_ODD), _at_size(ref, (48, 40)).encode_image(X_ODD), atol=1e-4, rtol=0)

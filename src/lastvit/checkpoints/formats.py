@@ -426,6 +426,10 @@ def _convert_eva(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint, *, source: st
     prefix = _EVA_SOURCES[source]
     if source == "eva_clip" and not any(k.startswith("visual.") for k in sd):
         prefix = ""  # an EVA-CLIP image tower saved on its own
+    if source == "timm":  # a timm Eva, possibly under a prefix (open_clip's TimmModel saved alone: trunk.*)
+        prefix = _find_prefix(list(sd), "patch_embed.proj.weight") or ""
+        if prefix:
+            ckpt.notes.append(f"EVA encoder keys found under the prefix {prefix!r}")
     enc: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
     text: dict[str, torch.Tensor] = {}
@@ -498,7 +502,7 @@ def _convert_eva(sd: Mapping[str, Any], ckpt: ConvertedCheckpoint, *, source: st
     ckpt = _assemble(ckpt, enc, head, norm_eps=1e-6, act="gelu", head_kind="proj")
     if ckpt.head[0] == "proj" and "bias" in head:
         ckpt.arch["proj_bias"] = True
-    if source == "timm" and ckpt.head[0] == "proj" and not text:
+    if source == "timm" and ckpt.head[0] == "proj" and not text and not prefix.endswith("trunk."):
         ckpt.head = ("linear", ckpt.head[1])  # a timm classifier: a linear head with a bias
         ckpt.arch["proj_bias"] = False
     if source == "eva_clip":
