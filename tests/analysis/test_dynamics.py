@@ -8,8 +8,6 @@ from lightning.pytorch.loggers import Logger
 from lastvit.analysis import evaluate_pib
 from lastvit.analysis.dynamics import DynamicsCallback, plot_dynamics
 
-from ._helpers import micro
-
 
 class MemLogger(Logger):
     def __init__(self):
@@ -32,9 +30,9 @@ class MemLogger(Logger):
 
 
 class Tiny(pl.LightningModule):
-    def __init__(self):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = micro("lazystrike", num_classes=3).train()
+        self.model = model
         self.modes = []
 
     def training_step(self, batch, batch_idx):
@@ -46,7 +44,7 @@ class Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_dynamics_callback_logs_csv_and_plot(tmp_path):
+def test_dynamics_callback_logs_csv_and_plot(micro_vit, tmp_path):
     torch.manual_seed(0)
     probe = {"image": torch.randn(4, 3, 64, 64), "boxes": [torch.tensor([[0.0, 0.0, 32.0, 32.0]])] * 4,
              "label": torch.tensor([0, 1, 2, 0])}
@@ -54,7 +52,7 @@ def test_dynamics_callback_logs_csv_and_plot(tmp_path):
     loader = torch.utils.data.DataLoader(data, batch_size=2)
     cb = DynamicsCallback(probe, every_n_steps=2, out_dir=tmp_path, run_name="lazy")
     logger = MemLogger()
-    module = Tiny()
+    module = Tiny(micro_vit("lazystrike", num_classes=3).train())
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=logger, callbacks=[cb], enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader)

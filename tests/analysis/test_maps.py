@@ -15,8 +15,6 @@ from lastvit.analysis import (
     vote_maps,
 )
 
-from ._helpers import micro
-
 
 def test_outlier_threshold_and_stats_on_constructed_norms():
     norms = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 1000.0])
@@ -32,8 +30,8 @@ def test_outlier_threshold_and_stats_on_constructed_norms():
         outlier_threshold(norms, "iqr")
 
 
-def test_token_norms_match_manual_blocks():
-    m = micro("mean", reg_tokens=2)
+def test_token_norms_match_manual_blocks(micro_vit):
+    m = micro_vit("mean", reg_tokens=2)
     x = torch.randn(2, 3, 64, 64)
     res = token_norms(m, x)
     enc = m.encoder
@@ -49,8 +47,8 @@ def test_token_norms_match_manual_blocks():
     torch.testing.assert_close(res["final"], m.encode(x)[:, 3:].norm(dim=-1).reshape(2, 8, 8))
 
 
-def test_votes_sum_to_k_times_d_and_thresholds():
-    m = micro("lazystrike", aggregator_kwargs={"k": 3})
+def test_votes_sum_to_k_times_d_and_thresholds(micro_vit):
+    m = micro_vit("lazystrike", aggregator_kwargs={"k": 3})
     x = torch.randn(2, 3, 64, 64)
     v = vote_maps(m, x)
     assert v["k"] == 3 and v["votes"].shape == (2, 8, 8)
@@ -59,7 +57,7 @@ def test_votes_sum_to_k_times_d_and_thresholds():
         ref = LazyStrike(k=3).votes(m.forward_tokens(x).patches).reshape(2, 8, 8)
     assert torch.equal(v["votes"], ref)
     # a CLS model read through a fresh LazyStrike(k=2)
-    v2 = vote_maps(micro("cls"), x, k=2)
+    v2 = vote_maps(micro_vit("cls"), x, k=2)
     assert v2["votes"].flatten(1).sum(1).tolist() == [192, 192]
     maps = threshold_votes(torch.tensor([[[10, 5], [3, 2]]]))
     assert maps[0.5].tolist() == [[[True, False], [False, False]]]  # strictly above 5
@@ -85,8 +83,8 @@ def test_pca_rgb_range_and_first_component():
 
 
 @pytest.mark.parametrize("regs", [0, 2])
-def test_attention_recomputed_matches_unfused(regs):
-    m = micro("cls", reg_tokens=regs)
+def test_attention_recomputed_matches_unfused(micro_vit, regs):
+    m = micro_vit("cls", reg_tokens=regs)
     x = torch.randn(2, 3, 64, 64)
     a = block_attention(m, x, layer=-1)
     n_tok = 1 + regs + 64
@@ -108,6 +106,6 @@ def test_attention_recomputed_matches_unfused(regs):
     torch.testing.assert_close(maps["mean"], maps["heads"].mean(1))
 
 
-def test_attention_needs_a_class_token():
+def test_attention_needs_a_class_token(micro_vit):
     with pytest.raises(ValueError, match="class token"):
-        cls_attention_maps(micro("mean", class_token=False), torch.randn(1, 3, 64, 64))
+        cls_attention_maps(micro_vit("mean", class_token=False), torch.randn(1, 3, 64, 64))

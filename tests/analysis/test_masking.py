@@ -4,8 +4,6 @@ import torch
 from lastvit.analysis import encode_kept, forward_kept, masking_probe, pixel_mask
 from lastvit.analysis.masking import removal_order
 
-from ._helpers import manual_encode, micro
-
 
 class StubClassifier(torch.nn.Module):
     """Class 0 while the top-left 4x4 patch has any non-zero pixel, else class 1; counts images seen."""
@@ -62,8 +60,8 @@ def test_pixel_fills():
         pixel_mask(x, rm, 4, "blur")
 
 
-def test_token_drop_equals_encoder_on_kept_tokens_by_hand():
-    m = micro("mean")
+def test_token_drop_equals_encoder_on_kept_tokens_by_hand(micro_vit, manual_encode):
+    m = micro_vit("mean")
     x = torch.randn(2, 3, 64, 64)
     keep = torch.stack([torch.tensor([0, 5, 9, 40, 63]), torch.tensor([1, 2, 3, 4, 60])])
     with torch.no_grad():
@@ -76,8 +74,8 @@ def test_token_drop_equals_encoder_on_kept_tokens_by_hand():
                                    rtol=1e-5)
 
 
-def test_token_probe_keeps_one_patch_and_counts():
-    m = micro("lazystrike")
+def test_token_probe_keeps_one_patch_and_counts(micro_vit):
+    m = micro_vit("lazystrike")
     calls = []
     h = m.encoder.blocks[0].register_forward_hook(lambda _m, i, o: calls.append(i[0].shape))
     res = masking_probe(m, torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), mode="token", fractions=[0.0, 0.5, 1.0])

@@ -11,8 +11,6 @@ from lastvit.analysis import (
     point_in_box,
 )
 
-from ._helpers import micro
-
 
 def _onehot(b, h, w, cells):
     s = torch.zeros(b, h, w)
@@ -67,9 +65,9 @@ def test_foreground_patches_from_box_centres():
     assert torch.equal(foreground_patches(box, (4, 4), image_size=64), fg)
 
 
-def test_patch_scores_follow_the_readout():
+def test_patch_scores_follow_the_readout(micro_vit):
     x = torch.randn(2, 3, 64, 64)
-    m = micro("cls")
+    m = micro_vit("cls")
     s, rec = patch_scores(m, x)
     ref = F.cosine_similarity(rec.patches, rec.prefix[:, :1], dim=-1).reshape(2, 8, 8)
     torch.testing.assert_close(s, ref)
@@ -79,13 +77,13 @@ def test_patch_scores_follow_the_readout():
     s_cls, _ = patch_scores(m, x, source="cls")
     torch.testing.assert_close(s_cls, ref)
     # a CLIP-style projection head: cosine in the embedding space
-    p = micro("mean", head="proj", head_dim=16)
+    p = micro_vit("mean", head="proj", head_dim=16)
     s, rec = patch_scores(p, x)
     w = p.head.weight
     ref = F.cosine_similarity(rec.patches @ w.T, (rec.pooled @ w.T)[:, None], dim=-1).reshape(2, 8, 8)
     torch.testing.assert_close(s, ref)
     with pytest.raises(ValueError, match="class token"):
-        patch_scores(micro("mean", class_token=False), x, source="cls")
+        patch_scores(micro_vit("mean", class_token=False), x, source="cls")
 
 
 def test_convnet_scores_against_manual_gap():
@@ -133,8 +131,8 @@ def test_evaluate_pib_known_answer_and_skips():
     assert m2["num_images"] == 2
 
 
-def test_evaluate_pib_on_a_model_matches_point_in_box():
-    m = micro("lazystrike")
+def test_evaluate_pib_on_a_model_matches_point_in_box(micro_vit):
+    m = micro_vit("lazystrike")
     x = torch.randn(3, 3, 64, 64)
     boxes = [torch.tensor([[0.0, 0.0, 31.0, 31.0]]), torch.tensor([[16.0, 16.0, 63.0, 63.0]]),
              torch.tensor([[8.0, 0.0, 40.0, 20.0]])]

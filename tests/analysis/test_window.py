@@ -2,30 +2,28 @@ import torch
 
 from lastvit.analysis import block_attention, encode_kept
 
-from ._helpers import micro
 
-
-def _pair(**kw):
-    glob = micro("mean", seed=1)
-    win = micro("mean", seed=1, **kw)
+def _pair(micro_vit, **kw):
+    glob = micro_vit("mean", seed=1)
+    win = micro_vit("mean", seed=1, **kw)
     win.load_state_dict(glob.state_dict())
     return glob, win
 
 
-def test_window_at_least_grid_equals_global_attention():
+def test_window_at_least_grid_equals_global_attention(micro_vit):
     x = torch.randn(2, 3, 64, 64)  # 8x8 grid
     for ws in (8, 12):
-        glob, win = _pair(window_size=ws, window_layers=[0, 2])
+        glob, win = _pair(micro_vit, window_size=ws, window_layers=[0, 2])
         with torch.no_grad():
             torch.testing.assert_close(win.encode(x), glob.encode(x), atol=1e-5, rtol=1e-5)
-    glob, win = _pair(window_size=4)
+    glob, win = _pair(micro_vit, window_size=4)
     with torch.no_grad():
         assert not torch.allclose(win.encode(x), glob.encode(x), atol=1e-3)
 
 
-def test_window_attention_is_local_and_token_drop_respects_it():
+def test_window_attention_is_local_and_token_drop_respects_it(micro_vit):
     x = torch.randn(1, 3, 64, 64)
-    _, win = _pair(window_size=4, window_layers=[0, 1, 2, 3])
+    _, win = _pair(micro_vit, window_size=4, window_layers=[0, 1, 2, 3])
     a = block_attention(win, x, layer=0)[0, 0]  # (65, 65)
     # patch 0 (row 0, col 0) and patch 4 (row 0, col 4) sit in different 4x4 windows
     assert a[1, 1 + 4] == 0 and a[1, 1 + 1] > 0 and a[1, 0] > 0
@@ -47,10 +45,10 @@ def test_window_attention_is_local_and_token_drop_respects_it():
         torch.testing.assert_close(kept, enc.norm(t), atol=1e-5, rtol=1e-5)
 
 
-def test_block_attention_rejects_layers_outside_the_model():
+def test_block_attention_rejects_layers_outside_the_model(micro_vit):
     import pytest
 
-    m = micro("mean")  # 4 blocks
+    m = micro_vit("mean")  # 4 blocks
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(block_attention(m, x, layer=-4), block_attention(m, x, layer=0))
     for bad in (4, 99, -5):

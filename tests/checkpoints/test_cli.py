@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,25 +12,21 @@ import torch
 import lastvit
 from lastvit.cli import main
 
-_spec = importlib.util.spec_from_file_location("_ckpt_builders", pathlib.Path(__file__).with_name("_builders.py"))
-B = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(B)
-
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(ckpt_builders, tmp_path_factory):
     d = tmp_path_factory.mktemp("ckpts")
-    tv = B.torchvision_vit()
+    tv = ckpt_builders.torchvision_vit()
     torch.save(tv.state_dict(), d / "tv.pth")
     torch.save({"model": {"model." + k: v for k, v in tv.state_dict().items()}, "iteration": 5}, d / "release.pth")
-    timm = B.timm_vit(reg_tokens=1)
+    timm = ckpt_builders.timm_vit(reg_tokens=1)
     torch.save(timm.state_dict(), d / "timm.pth")
     torch.save({"teacher": {"backbone." + k: v for k, v in timm.state_dict().items()},
                 "student": {"module.backbone." + k: v for k, v in timm.state_dict().items()}, "epoch": 1},
                d / "dino.pth")
-    clip = B.open_clip_model()
+    clip = ckpt_builders.open_clip_model()
     torch.save(clip.state_dict(), d / "oc.pt")
-    B.save_openai_torchscript(clip, d / "openai.pt")
+    ckpt_builders.save_openai_torchscript(clip, d / "openai.pt")
     lastvit.checkpoints.save_checkpoint(lastvit.create_model("vit_micro_patch8_64", depth=1, num_classes=3),
                                         d / "lv.pt")
     return d, tv
@@ -90,7 +85,7 @@ def test_broken_files_one_clear_line(files, tmp_path, capsys):
     assert "mismatched: 1" in capsys.readouterr().out
 
 
-def test_convert_roundtrip_and_no_partial_file(files, tmp_path, capsys):
+def test_convert_roundtrip_and_no_partial_file(ckpt_builders, files, tmp_path, capsys):
     d, tv = files
     out = tmp_path / "out" / "tv_lastvit.pt"
     rc = main(["convert", str(d / "release.pth"), "--out", str(out), "--num-heads", "2"])
@@ -99,7 +94,7 @@ def test_convert_roundtrip_and_no_partial_file(files, tmp_path, capsys):
     assert m.aggregator_name == "lazystrike" and m.aggregator.k == 1 and m.arch["num_heads"] == 2
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        ref = tv.heads(lastvit.LazyStrike(k=1)(B.torchvision_encoder_out(tv, x)[:, 1:]))
+        ref = tv.heads(lastvit.LazyStrike(k=1)(ckpt_builders.torchvision_encoder_out(tv, x)[:, 1:]))
         assert torch.allclose(m(x), ref, atol=1e-5)
     # errors leave nothing behind, and an existing output is not touched
     broken = _broken(tmp_path, tv)
@@ -113,7 +108,7 @@ def test_convert_roundtrip_and_no_partial_file(files, tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_convert_whole_clip_then_inspect(files, tmp_path, capsys):
+def test_convert_whole_clip_then_inspect(ckpt_builders, files, tmp_path, capsys):
     d, _ = files
     out = tmp_path / "clip_lv.pt"
     assert main(["convert", str(d / "oc.pt"), "--out", str(out), "--num-heads", "2", "--text-heads", "2",
@@ -122,7 +117,7 @@ def test_convert_whole_clip_then_inspect(files, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "model:      CLIP" in text and "head:       proj (16)" in text and "missing:    0" in text
-    clip = B.open_clip_model()
+    clip = ckpt_builders.open_clip_model()
     m = lastvit.create_model(checkpoint=str(out)).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

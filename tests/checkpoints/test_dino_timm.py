@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -13,10 +11,6 @@ from torch import nn
 
 import lastvit
 from lastvit.checkpoints import CheckpointError, read_checkpoint, safe_torch_load
-
-_spec = importlib.util.spec_from_file_location("_ckpt_builders", pathlib.Path(__file__).with_name("_builders.py"))
-B = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(B)
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
@@ -42,8 +36,8 @@ def _dino_ckpt(path, teacher, student):
     torch.save(obj, path)
 
 
-def test_dino_teacher_default_student_on_request(tmp_path):
-    teacher, student = B.timm_vit(seed=0), B.timm_vit(seed=1)
+def test_dino_teacher_default_student_on_request(ckpt_builders, tmp_path):
+    teacher, student = ckpt_builders.timm_vit(seed=0), ckpt_builders.timm_vit(seed=1)
     path = tmp_path / "dino0080.pth"
     _dino_ckpt(path, teacher, student)
     conv = read_checkpoint(path)
@@ -76,8 +70,8 @@ def test_dino_teacher_default_student_on_request(tmp_path):
         assert torch.allclose(ms2.encode(X), ref_s, atol=1e-5)
 
 
-def test_dino_backbone_only_and_timm_head(tmp_path):
-    m = B.timm_vit(seed=2, num_classes=4, global_pool="token")
+def test_dino_backbone_only_and_timm_head(ckpt_builders, tmp_path):
+    m = ckpt_builders.timm_vit(seed=2, num_classes=4, global_pool="token")
     torch.save(m.state_dict(), tmp_path / "timm.pth")
     conv = read_checkpoint(tmp_path / "timm.pth")
     assert conv.format == "timm" and conv.head == ("linear", 4)
@@ -99,8 +93,8 @@ def test_dino_backbone_only_and_timm_head(tmp_path):
         assert torch.allclose(lv2(X), m.forward_features(X)[:, 0], atol=1e-5)
 
 
-def test_registers_layerscale_no_embed_class(tmp_path):
-    m = B.timm_vit(seed=4, reg_tokens=2, no_embed_class=True, init_values=0.5)
+def test_registers_layerscale_no_embed_class(ckpt_builders, tmp_path):
+    m = ckpt_builders.timm_vit(seed=4, reg_tokens=2, no_embed_class=True, init_values=0.5)
     torch.save(m.state_dict(), tmp_path / "reg.pth")
     conv = read_checkpoint(tmp_path / "reg.pth")
     a = conv.arch
@@ -110,9 +104,9 @@ def test_registers_layerscale_no_embed_class(tmp_path):
         assert torch.allclose(lv.encode(X), m.forward_features(X), atol=1e-5)
 
 
-def test_dinov2_original_register_layout(tmp_path):
+def test_dinov2_original_register_layout(ckpt_builders, tmp_path):
     """DINOv2's own names: register_tokens inserted after the position embedding, which covers [cls] + patches."""
-    m = B.timm_vit(seed=5, reg_tokens=2, no_embed_class=True)
+    m = ckpt_builders.timm_vit(seed=5, reg_tokens=2, no_embed_class=True)
     sd = dict(m.state_dict())
     cls_pos = torch.randn(1, 1, 32)
     sd["pos_embed"] = torch.cat([cls_pos, sd["pos_embed"]], dim=1)  # DINOv2: (1, 1 + N, D)
@@ -134,8 +128,8 @@ def test_dinov2_original_register_layout(tmp_path):
         assert torch.allclose(lv2.encode(X), m.forward_features(X), atol=1e-5)
 
 
-def test_fc_norm_reported(tmp_path):
-    m = B.timm_vit(seed=6, global_pool="avg", num_classes=3)
+def test_fc_norm_reported(ckpt_builders, tmp_path):
+    m = ckpt_builders.timm_vit(seed=6, global_pool="avg", num_classes=3)
     torch.save(m.state_dict(), tmp_path / "avg.pth")
     with pytest.raises(CheckpointError, match="fc_norm"):
         lastvit.create_model(checkpoint=str(tmp_path / "avg.pth"), num_heads=2)

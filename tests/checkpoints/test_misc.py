@@ -12,13 +12,8 @@ from lastvit.checkpoints import CheckpointError, read_checkpoint
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
 
 
-def _micro(**kw):
-    torch.manual_seed(0)
-    return lastvit.create_model("vit_micro_patch8_64", **kw).eval()
-
-
-def test_lightning_wrapped_lastvit_state_dict_and_model_name(tmp_path):
-    m = _micro(num_classes=4, aggregator="cls")
+def test_lightning_wrapped_lastvit_state_dict_and_model_name(micro_vit, tmp_path):
+    m = micro_vit("cls", num_classes=4)
     obj = {"state_dict": {"model." + k: v for k, v in m.state_dict().items()}, "epoch": 2, "global_step": 10,
            "pytorch-lightning_version": "2.6.6", "optimizer_states": [], "lr_schedulers": []}
     path = tmp_path / "last.ckpt"
@@ -35,8 +30,8 @@ def test_lightning_wrapped_lastvit_state_dict_and_model_name(tmp_path):
         lastvit.create_model("vit_mini_patch8_64", checkpoint=str(path))
 
 
-def test_attn_readout_in_dino_export_and_args(tmp_path):
-    m = _micro(num_classes=0, aggregator="attn", aggregator_kwargs={"num_heads": 3})
+def test_attn_readout_in_dino_export_and_args(micro_vit, tmp_path):
+    m = micro_vit("attn", num_classes=0, aggregator_kwargs={"num_heads": 3})
     head = {"head.mlp.0.weight": torch.randn(8, 96), "head.last_layer.weight_g": torch.ones(5, 1),
             "head.last_layer.weight_v": torch.randn(5, 8)}
     teacher = {**{"backbone." + k: v for k, v in m.encoder.state_dict().items()},
@@ -52,11 +47,11 @@ def test_attn_readout_in_dino_export_and_args(tmp_path):
         assert torch.equal(m2(X), m(X))
 
 
-def test_safetensors_and_pos_embed_resampling(tmp_path):
+def test_safetensors_and_pos_embed_resampling(micro_vit, tmp_path):
     from safetensors.torch import save_file
     from timm.layers import resample_abs_pos_embed
 
-    m = _micro(num_classes=0, aggregator="mean")
+    m = micro_vit("mean", num_classes=0)
     save_file({k: v.contiguous() for k, v in m.encoder.state_dict().items()}, str(tmp_path / "model.safetensors"))
     conv = read_checkpoint(tmp_path / "model.safetensors")
     assert conv.format == "timm" and conv.arch["img_size"] == 64

@@ -4,7 +4,6 @@ the position-embedding family recorded per format, and the official 1-layer DINO
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import json
 import math
 import pathlib
@@ -18,10 +17,6 @@ import lastvit
 from lastvit.checkpoints import ArchitectureGuessWarning, CheckpointError, LoadOptions, arch_config, read_checkpoint
 from lastvit.cli import main
 
-_spec = importlib.util.spec_from_file_location("_ckpt_builders", pathlib.Path(__file__).with_name("_builders.py"))
-B = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(B)
-
 
 class _Exec:
     """Pickles as a call to builtins.exec that writes a marker file."""
@@ -34,10 +29,10 @@ class _Exec:
 
 
 @pytest.mark.parametrize("zip_format", [True, False])
-def test_exec_payload_is_refused_and_never_runs(tmp_path, capsys, zip_format):
+def test_exec_payload_is_refused_and_never_runs(ckpt_builders, tmp_path, capsys, zip_format):
     marker = tmp_path / "marker.txt"
     path = tmp_path / "evil.pth"
-    sd = dict(B.timm_vit().state_dict())
+    sd = dict(ckpt_builders.timm_vit().state_dict())
     sd["payload"] = _Exec(marker)
     torch.save(sd, path, _use_new_zipfile_serialization=zip_format)
     # the command line: non-zero exit, one line naming the file, the global and the opt-in
@@ -58,8 +53,8 @@ def test_exec_payload_is_refused_and_never_runs(tmp_path, capsys, zip_format):
     assert not marker.exists()
 
 
-def test_supported_files_load_without_weights_only_warnings(tmp_path):
-    tv = B.torchvision_vit()
+def test_supported_files_load_without_weights_only_warnings(ckpt_builders, tmp_path):
+    tv = ckpt_builders.torchvision_vit()
     obj = {"model": {"model." + k: v.numpy() for k, v in tv.state_dict().items()}, "iteration": 3,
            "__author__": "model zoo"}
     torch.save(obj, tmp_path / "d2.pkl")
@@ -69,8 +64,8 @@ def test_supported_files_load_without_weights_only_warnings(tmp_path):
     assert conv.format == "detectron2" and not any("weights_only=False" in n for n in conv.notes)
 
 
-def test_nonfinite_weights_refused_naming_the_key(tmp_path, capsys):
-    m = B.timm_vit()
+def test_nonfinite_weights_refused_naming_the_key(ckpt_builders, tmp_path, capsys):
+    m = ckpt_builders.timm_vit()
     sd = dict(m.state_dict())
     sd["blocks.1.mlp.fc2.weight"] = sd["blocks.1.mlp.fc2.weight"].clone()
     sd["blocks.1.mlp.fc2.weight"][0, 0] = float("nan")
@@ -87,16 +82,16 @@ def test_nonfinite_weights_refused_naming_the_key(tmp_path, capsys):
     assert any("non-finite" in n for n in lv.load_report.notes)
 
 
-def _three_head_model(tmp_path):
+def _three_head_model(ckpt_builders, tmp_path):
     """A 96-wide, 3-head ViT saved as a plain state dict: nothing in the file says 3."""
-    m = B.timm_vit(seed=8, embed_dim=96, num_heads=3, img_size=32, patch_size=8, depth=2)
+    m = ckpt_builders.timm_vit(seed=8, embed_dim=96, num_heads=3, img_size=32, patch_size=8, depth=2)
     path = tmp_path / "w96h3.pth"
     torch.save(m.state_dict(), path)
     return m, path
 
 
-def test_head_count_guess_is_loud_and_can_be_fixed(tmp_path, capsys):
-    m, path = _three_head_model(tmp_path)
+def test_head_count_guess_is_loud_and_can_be_fixed(ckpt_builders, tmp_path, capsys):
+    m, path = _three_head_model(ckpt_builders, tmp_path)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = m.forward_features(x)
@@ -129,13 +124,13 @@ def test_head_count_guess_is_loud_and_can_be_fixed(tmp_path, capsys):
     assert js["arch"]["num_heads"] == 3 and js["guesses"] == []
 
 
-def test_arch_from_open_clip_names_and_whole_clip_heads(tmp_path):
+def test_arch_from_open_clip_names_and_whole_clip_heads(ckpt_builders, tmp_path):
     b16 = arch_config("ViT-B-16")  # open_clip's bundled model_configs: nothing downloaded
     assert b16["num_heads"] == 12 and b16["text_heads"] == 8
     assert arch_config("ViT-B-16-quickgelu")["quick_gelu"] is True
     with pytest.raises(CheckpointError, match="neither a config file nor an open_clip model name"):
         arch_config("ViT-nonexistent-99")
-    clip = B.open_clip_model(seed=5)
+    clip = ckpt_builders.open_clip_model(seed=5)
     torch.save(clip.state_dict(), tmp_path / "oc.pt")
     cfg = tmp_path / "oc.json"
     cfg.write_text(json.dumps({"embed_dim": 16, "vision_cfg": {"width": 32, "head_width": 16, "layers": 2},
@@ -152,12 +147,12 @@ def test_arch_from_open_clip_names_and_whole_clip_heads(tmp_path):
         lastvit.create_model(checkpoint=str(tmp_path / "oc.pt"), num_heads=2)
 
 
-def test_pos_interp_recorded_per_family_and_overridable(tmp_path, capsys):
-    timm = B.timm_vit()
+def test_pos_interp_recorded_per_family_and_overridable(ckpt_builders, tmp_path, capsys):
+    timm = ckpt_builders.timm_vit()
     torch.save(timm.state_dict(), tmp_path / "timm.pth")
     torch.save({"teacher": {"backbone." + k: v for k, v in timm.state_dict().items()}, "epoch": 1},
                tmp_path / "dino.pth")
-    torch.save(B.open_clip_model().state_dict(), tmp_path / "oc.pt")
+    torch.save(ckpt_builders.open_clip_model().state_dict(), tmp_path / "oc.pt")
     fam = {"timm.pth": "timm", "dino.pth": "dino", "oc.pt": "open_clip"}
     for name, want in fam.items():
         assert read_checkpoint(tmp_path / name).arch["pos_interp"] == want
@@ -224,12 +219,12 @@ def _resize(pos: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
 
 
-def test_files_resample_their_familys_way_at_a_non_native_size(tmp_path):
+def test_files_resample_their_familys_way_at_a_non_native_size(ckpt_builders, tmp_path):
     """A DINO-layout and an open_clip file at 48 x 40 px (native 32 x 32, patch 8: grid 6 x 5) give the tokens of the
     family's own formula."""
     x = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(1))
     h, w = 6, 5
-    timm = B.timm_vit(seed=9)
+    timm = ckpt_builders.timm_vit(seed=9)
     torch.save({"teacher": {"backbone." + k: v for k, v in timm.state_dict().items()}, "epoch": 1},
                tmp_path / "dino.pth")
     with torch.no_grad():  # DINO's forward: conv patches, [cls], + interpolated pos, blocks, norm
@@ -247,7 +242,7 @@ def test_files_resample_their_familys_way_at_a_non_native_size(tmp_path):
         m_timm = lastvit.create_model(checkpoint=str(tmp_path / "dino.pth"), num_heads=2, pos_interp="timm").eval()
         assert (m_timm.forward_tokens(x).patches - want[:, 1:]).abs().max() > 1e-4
 
-    clip = B.open_clip_model(seed=6)
+    clip = ckpt_builders.open_clip_model(seed=6)
     torch.save(clip.state_dict(), tmp_path / "oc.pt")
     v = clip.visual
     with torch.no_grad():  # open_clip's visual forward with the resized grid

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
 import lastvit
 from lastvit.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
 
-_spec = importlib.util.spec_from_file_location("_ckpt_builders", pathlib.Path(__file__).with_name("_builders.py"))
-B = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(B)
-
 
 @pytest.fixture(scope="module")
-def tv():
-    return B.torchvision_vit()
+def tv(ckpt_builders):
+    return ckpt_builders.torchvision_vit()
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +20,7 @@ def x():
     return torch.randn(3, 3, 32, 32)
 
 
-def test_cls_readout_matches_torchvision_logits_and_tokens(tv, x, tmp_path):
+def test_cls_readout_matches_torchvision_logits_and_tokens(ckpt_builders, tv, x, tmp_path):
     path = tmp_path / "tv.pth"
     torch.save(tv.state_dict(), path)
     conv = read_checkpoint(path)
@@ -37,7 +30,7 @@ def test_cls_readout_matches_torchvision_logits_and_tokens(tv, x, tmp_path):
     m = lastvit.create_model(checkpoint=str(path), aggregator="cls", num_heads=2).eval()
     with torch.no_grad():
         ref_logits = tv(x)
-        ref_tokens = B.torchvision_encoder_out(tv, x)
+        ref_tokens = ckpt_builders.torchvision_encoder_out(tv, x)
         rec = m.forward_tokens(x)
         logits = m(x)
     assert torch.allclose(logits, ref_logits, atol=1e-5)
@@ -46,7 +39,7 @@ def test_cls_readout_matches_torchvision_logits_and_tokens(tv, x, tmp_path):
     assert m.load_report.ok
 
 
-def test_lazystrike_readout_and_old_mlp_names(tv, x, tmp_path):
+def test_lazystrike_readout_and_old_mlp_names(ckpt_builders, tv, x, tmp_path):
     sd = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v
           for k, v in tv.state_dict().items()}
     assert any("linear_1" in k for k in sd)
@@ -54,13 +47,13 @@ def test_lazystrike_readout_and_old_mlp_names(tv, x, tmp_path):
     torch.save(sd, path)
     m = lastvit.create_model(checkpoint=str(path), aggregator="lazystrike", num_heads=2).eval()
     with torch.no_grad():
-        patches = B.torchvision_encoder_out(tv, x)[:, 1:]
+        patches = ckpt_builders.torchvision_encoder_out(tv, x)[:, 1:]
         ref = tv.heads(lastvit.LazyStrike()(patches))
         out = m(x)
     assert torch.allclose(out, ref, atol=1e-5)
 
 
-def test_detectron2_release_layout(tv, x, tmp_path):
+def test_detectron2_release_layout(ckpt_builders, tv, x, tmp_path):
     sd = {"model." + k: v for k, v in tv.state_dict().items()}
     opt = torch.optim.SGD(tv.parameters(), lr=0.1, momentum=0.9)
     obj = {"model": sd, "iteration": 10, "optimizer": opt.state_dict(), "scheduler": {"last_epoch": 10}}
@@ -72,7 +65,7 @@ def test_detectron2_release_layout(tv, x, tmp_path):
     m = lastvit.create_model(checkpoint=str(path), num_heads=2).eval()
     assert m.aggregator_name == "lazystrike" and m.aggregator.k == 1
     with torch.no_grad():
-        ref = tv.heads(lastvit.LazyStrike(k=1)(B.torchvision_encoder_out(tv, x)[:, 1:]))
+        ref = tv.heads(lastvit.LazyStrike(k=1)(ckpt_builders.torchvision_encoder_out(tv, x)[:, 1:]))
         assert torch.allclose(m(x), ref, atol=1e-5)
     # a detectron2 pickle holding numpy arrays (model-zoo style) reads the same after full unpickling
     obj_np = {"model": {k: v.numpy() for k, v in sd.items()}, "iteration": 10, "__author__": "someone"}
