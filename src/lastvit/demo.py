@@ -6,11 +6,20 @@ Trains the same small ViT twice (CLS readout and LazyStrike; same seed, data and
 patch-token norms). This module is the story on top: figures (patch scores, histograms, masking curves, norms,
 LazyStrike vote maps), the interpretation, ``metrics.json`` and a self-contained ``report.html`` in ``out``.
 ``paradigm="text"`` / ``"self"`` train the twins as CLIP / DINO models instead; ``"all"`` runs the three.
+
+The twins are independent runs, so ``jobs`` (default: one per twin, at most one per core) trains and diagnoses them
+in parallel processes, each pinned to ``threads`` torch threads (default ``cores // jobs``): on a small CPU two
+1-thread runs side by side beat two 2-thread runs in turn (the micro models scale poorly across threads). A run's
+numbers depend on its thread count only, not on the other run: ``jobs=2, threads=1`` gives bit for bit the metrics
+of ``jobs=1, threads=1``.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lastvit.io import write_json
 from lastvit.report import Report, write_atomic
 
-__all__ = ["READOUTS", "run_demo", "near_chance"]
+__all__ = ["READOUTS", "run_demo", "near_chance", "available_cores", "plan_jobs"]
 
 #: the two twins of every demo (the readout's options come from the paradigm's recipe)
 READOUTS = ("cls", "lazystrike")
@@ -35,10 +44,12 @@ def near_chance(accuracy: float | None, num_classes: int) -> bool:
 
 class _Eta(Callback):
     """After the first ``after`` optimiser steps, print the measured time per step and the training time this machine
-    needs for the whole run and for the demo's ``runs`` runs (an estimate that scales with the machine)."""
+    needs for the whole run and for the demo's ``runs`` runs (an estimate that scales with the machine; with
+    ``parallel`` runs the twins train side by side, so the demo's training time is that of one run). ``every`` > 0
+    also prints one progress line every ``every`` steps (the parallel jobs' replacement for the progress bar)."""
 
-    def __init__(self, label: str, runs: int, after: int = 20) -> None:
-        self.label, self.runs, self.after = label, runs, after
+    def __init__(self, label: str, runs: int, after: int = 20, parallel: bool = False, every: int = 0) -> None:
+        self.label, self.runs, self.after, self.parallel, self.every = label, runs, after, parallel, int(every)
         self.t0: float | None = None
         self.s0 = 0
         self.done = False
@@ -48,15 +59,120 @@ class _Eta(Callback):
         if self.t0 is None:  # the first step carries the start-up cost: time from its end
             self.t0, self.s0 = time.time(), step
             return
+        total = int(trainer.estimated_stepping_batches)
+        if self.every > 0 and step % self.every == 0 and step > self.s0:
+            per = (time.time() - self.t0) / (step - self.s0)
+            print(f"[{self.label}] step {step}/{total}, {per:.2f} s per step", flush=True)
         if self.done or step - self.s0 < self.after:
             return
         self.done = True
         per = (time.time() - self.t0) / (step - self.s0)
-        total = int(trainer.estimated_stepping_batches)
+        left = (f"about {per * total / 60:.1f} min of training for this demo ({self.runs} runs of this size in "
+                f"parallel)" if self.parallel else
+                f"about {per * total * self.runs / 60:.1f} min of training left for this demo ({self.runs} run"
+                f"{'s' if self.runs > 1 else ''} of this size)")
         print(f"\n[{self.label}] {per:.2f} s per step measured over {step - self.s0} steps on this machine: about "
-              f"{per * total / 60:.1f} min to train this readout ({total} steps), about "
-              f"{per * total * self.runs / 60:.1f} min of training left for this demo ({self.runs} run"
-              f"{'s' if self.runs > 1 else ''} of this size)", flush=True)
+              f"{per * total / 60:.1f} min to train this readout ({total} steps), {left}", flush=True)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
+def plan_jobs(twins: int, jobs: int | None = None, threads: int | None = None,
+              cores: int | None = None) -> tuple[int, int | None]:
+    """``(jobs, threads per job)`` of a demo: ``jobs`` defaults to ``min(twins, cores)``; ``threads`` to
+    ``cores // jobs`` for parallel jobs and to None (torch's own setting, as before) for one job."""
+    cores = available_cores() if cores is None else max(int(cores), 1)
+    jobs = min(twins, cores) if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    jobs = min(jobs, twins)
+    if threads is None and jobs > 1:
+        threads = max(cores // jobs, 1)
+    return jobs, (None if threads is None else int(threads))
+
+
+def _job(conn: Any, kwargs: dict[str, Any], threads: int | None, result_path: str) -> None:
+    """One twin in its own (spawned) process: pin the thread count, run it, save the result to ``result_path``
+    and send ``("ok", None)`` or ``("error", traceback)`` back."""
+    import torch
+
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        from lastvit.paradigms import run_one
+
+        r = run_one(**kwargs)
+        torch.save(r, result_path)
+        conn.send(("ok", None))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        import pickle
+
+        exc: BaseException | None = e  # the exception itself where it pickles: the parent raises what a
+        try:  # sequential run raises
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001
+            exc = None
+        conn.send(("error", (exc, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")))
+        if not isinstance(e, Exception):
+            raise
+    finally:
+        conn.close()
+
+
+def _run_parallel(jobs_kwargs: dict[str, dict[str, Any]], threads: int | None) -> dict[str, dict[str, Any]]:
+    """Run :func:`lastvit.paradigms.run_one` for each twin in its own spawned process (all at once); results in
+    the order of ``jobs_kwargs``. When one fails or the parent is interrupted, the others are stopped (SIGTERM:
+    Lightning saves their last checkpoint) and the error is raised here."""
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    import torch
+
+    ctx = mp.get_context("spawn")
+    tmp = Path(tempfile.mkdtemp(prefix="lastvit-demo-"))
+    procs: dict[str, Any] = {}
+    conns: dict[Any, str] = {}
+    try:
+        for name, kw in jobs_kwargs.items():
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_job, args=(send, kw, threads, str(tmp / f"{name}.pt")), name=f"lastvit-{name}")
+            p.start()
+            send.close()
+            procs[name], conns[recv] = p, name
+        status: dict[str, tuple[str, Any]] = {}
+        while conns:
+            for c in wait(list(conns)):
+                name = conns.pop(c)
+                try:
+                    status[name] = c.recv()
+                except EOFError:  # the process died without a word (killed, out of memory)
+                    procs[name].join()
+                    status[name] = ("error", (None, f"its process ended with exit status {procs[name].exitcode}"))
+                if status[name][0] != "ok":
+                    exc, text = status[name][1]
+                    if isinstance(exc, Exception):
+                        raise exc
+                    raise RuntimeError(f"demo: the {name} run failed: {text.strip().splitlines()[0]}\n{text}")
+        for p in procs.values():
+            p.join()
+        return {name: torch.load(tmp / f"{name}.pt", weights_only=False) for name in jobs_kwargs}
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+        for p in procs.values():
+            p.join(timeout=60)
+        for f in tmp.glob("*"):
+            f.unlink()
+        tmp.rmdir()
 
 
 def _figures(models: dict[str, Any], diags: dict[str, Any], ds, out: Path) -> dict[str, Path]:
@@ -145,18 +261,20 @@ def _interpret(res: dict[str, dict[str, Any]], num_classes: int, paradigm: str =
 
 def run_demo(out: str | Path = "runs/demo", *, paradigm: str = "label", quick: bool = False, seed: int = 0,
              test_images: int | None = None, overrides: dict[str, Any] | None = None,
-             verbose: bool = True) -> dict[str, Any]:
+             verbose: bool = True, jobs: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Train CLS and LazyStrike twins on the synthetic benchmark and write the comparison report into ``out``.
 
     ``paradigm``: ``label`` (the default demo), ``text`` (CLIP on the captions), ``self`` (DINO) or ``all`` (the
     three in turn, into ``out/<paradigm>``, plus a combined ``summary.md``); see :mod:`lastvit.paradigms`.
+    ``jobs``: twins trained at once in separate processes (default ``min(2, cores)``); ``threads``: torch threads
+    per run (default ``cores // jobs`` when parallel, torch's own setting with one job); see :func:`plan_jobs`.
     """
     from lastvit.paradigms import PARADIGMS
 
     if paradigm == "all":
         t0 = time.time()
         parts = {p: run_demo(Path(out) / p, paradigm=p, quick=quick, seed=seed, test_images=test_images,
-                             overrides=None, verbose=verbose) for p in PARADIGMS}
+                             overrides=None, verbose=verbose, jobs=jobs, threads=threads) for p in PARADIGMS}
         lines = ["| paradigm | accuracy metric | CLS acc (%) | LazyStrike acc (%) | CLS PiB (%) | LazyStrike PiB (%) |",
                  "|---|---|---|---|---|---|"]
         for p, m in parts.items():
@@ -172,24 +290,63 @@ def run_demo(out: str | Path = "runs/demo", *, paradigm: str = "label", quick: b
     if paradigm not in PARADIGMS:
         raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {', '.join(PARADIGMS)} or 'all'")
     return _run_paradigm(Path(out), paradigm, quick=quick, seed=seed, test_images=test_images,
-                         overrides=overrides, verbose=verbose)
+                         overrides=overrides, verbose=verbose, jobs=jobs, threads=threads)
+
+
+def _train_twins(out: Path, paradigm: str, *, quick: bool, seed: int, n_test: int,
+                 overrides: dict[str, Any] | None, verbose: bool, jobs: int | None,
+                 threads: int | None) -> tuple[dict[str, dict[str, Any]], int, int | None]:
+    """``run_one`` for every readout of :data:`READOUTS`, in turn (one job) or side by side (several)."""
+    import torch
+
+    from lastvit.paradigms import run_one
+
+    jobs, threads = plan_jobs(len(READOUTS), jobs, threads)
+    kwargs = {agg: dict(paradigm=paradigm, readout=agg, out=out / agg, seed=seed, quick=quick,
+                        overrides=overrides, test_images=n_test, verbose=verbose) for agg in READOUTS}
+    if jobs > 1:
+        over = dict(overrides or {})
+        if "trainer.progress_bar" not in over:  # two progress bars would overwrite each other's line
+            over["trainer.progress_bar"] = False
+        for agg, kw in kwargs.items():
+            kw["overrides"] = over
+            if verbose:
+                kw["callbacks"] = [_Eta(f"{paradigm}/{agg}", runs=len(READOUTS), parallel=True,
+                                        every=0 if over["trainer.progress_bar"] else 100)]
+        if verbose:
+            print(f"[{paradigm}] {len(READOUTS)} runs in {jobs} parallel processes, {threads} thread"
+                  f"{'s' if threads > 1 else ''} each", flush=True)
+        return _run_parallel(kwargs, threads), jobs, threads
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        res = {}
+        for i, (agg, kw) in enumerate(kwargs.items()):
+            eta = [_Eta(f"{paradigm}/{agg}", runs=len(READOUTS) - i)] if verbose else None
+            res[agg] = run_one(**kw, callbacks=eta)
+        return res, jobs, threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_paradigm(out: Path, paradigm: str, *, quick: bool, seed: int, test_images: int | None,
-                  overrides: dict[str, Any] | None, verbose: bool) -> dict[str, Any]:
+                  overrides: dict[str, Any] | None, verbose: bool, jobs: int | None = None,
+                  threads: int | None = None) -> dict[str, Any]:
     from lastvit.data.synthetic import SyntheticConfig, SyntheticDataset
-    from lastvit.paradigms import ACCURACY_NAMES, run_one
+    from lastvit.paradigms import ACCURACY_NAMES
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n_test = test_images or (256 if quick else 1000)
     models, diags, results, recipes, timings = {}, {}, {}, {}, {}
-    for i, agg in enumerate(READOUTS):
-        eta = [_Eta(f"{paradigm}/{agg}", runs=len(READOUTS) - i)] if verbose else None
-        r = run_one(paradigm, agg, out=out / agg, seed=seed, quick=quick, overrides=overrides, test_images=n_test,
-                    verbose=verbose, callbacks=eta)
+    runs, jobs, threads = _train_twins(out, paradigm, quick=quick, seed=seed, n_test=n_test, overrides=overrides,
+                                       verbose=verbose, jobs=jobs, threads=threads)
+    for agg in READOUTS:
+        r = runs[agg]
         models[agg], recipes[agg], diags[agg], results[agg] = r["model"], r["recipe"], r["diagnosis"], r["metrics"]
         timings[f"train_{agg}_s"], timings[f"eval_{agg}_s"] = r["seconds"]["train"], r["seconds"]["eval"]
+    timings["jobs"], timings["threads_per_job"] = jobs, threads
     syn = dict(recipes["cls"]["data"]["synthetic"])
     ds = SyntheticDataset(SyntheticConfig(**syn), "test", size=n_test)
     figs = _figures(models, diags, ds, out)

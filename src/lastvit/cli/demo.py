@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                         "images; its time is measured and printed like the full run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-images", type=int, default=None, help="held-out images to evaluate (default 1000)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="twins trained at once, each in its own process (default: one per twin, at most one per "
+                        "core; 1 trains them in turn in this process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: cores // jobs when parallel, torch's own setting with one "
+                        "job); a run's numbers depend on this count, not on --jobs")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe overrides, e.g. trainer.max_steps=500 model.name=vit_mini_patch8_64")
     p.set_defaults(func=_run)
@@ -38,5 +44,5 @@ def _run(args: argparse.Namespace) -> int:
     if overrides and args.paradigm == "all":
         raise ValueError("recipe overrides need one paradigm (the three recipes have different keys)")
     run_demo(args.out, paradigm=args.paradigm, quick=args.quick, seed=args.seed, test_images=args.test_images,
-             overrides=overrides)
+             overrides=overrides, jobs=args.jobs, threads=args.threads)
     return 0
