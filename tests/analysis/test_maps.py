@@ -5,10 +5,10 @@ from lastvit import LazyStrike
 from lastvit.analysis import (
     block_attention,
     cls_attention_maps,
-    fit_pca,
     foreground_pca_rgb,
     outlier_stats,
     outlier_threshold,
+    pca_basis,
     pca_rgb,
     threshold_votes,
     token_norms,
@@ -36,7 +36,7 @@ def test_token_norms_match_manual_blocks(micro_vit):
     res = token_norms(m, x)
     enc = m.encoder
     with torch.no_grad():
-        t = enc.norm_pre(enc._pos_embed(enc.patch_embed(x)))
+        t = m.embed(x)[0]  # patch + pos embed, prefix tokens, norm_pre: the tokens entering block 0
         outs = []
         for blk in enc.blocks:
             t = blk(t)
@@ -76,7 +76,7 @@ def test_pca_rgb_range_and_first_component():
     assert rgb.shape == (2, 3, 3, 3) and rgb.min() >= 0 and rgb.max() <= 1
     assert rgb[..., 0].flatten().argsort().tolist() == list(range(18))  # sign fixed: loading on u positive
     assert rgb[..., 0].min() == 0 and rgb[..., 0].max() == 1
-    mean, comps = fit_pca(feats.reshape(-1, 16))
+    mean, comps = pca_basis(feats.reshape(-1, 16))
     assert torch.allclose(comps @ comps.T, torch.eye(3, dtype=comps.dtype), atol=1e-6)
     fg_rgb, fg = foreground_pca_rgb(feats, (3, 3))
     assert fg.sum() <= 9 and (fg_rgb[~fg] == 0).all() and fg_rgb.max() <= 1

@@ -7,7 +7,7 @@ from lastvit.analysis.attention import block_attention, cls_attention_maps
 from lastvit.analysis.distributions import auroc, normalise_scores, per_image_scores, score_distributions
 from lastvit.analysis.masking import encode_kept, forward_kept, masking_probe, pixel_mask, run_masking_probe
 from lastvit.analysis.norms import layer_summary, outlier_stats, outlier_threshold, token_norms
-from lastvit.analysis.pca import fit_pca, foreground_pca_rgb, pca_rgb
+from lastvit.analysis.pca import foreground_pca_rgb, pca_basis, pca_rgb
 from lastvit.analysis.pib import PiBMeter, box_cells, evaluate_pib, foreground_patches, foreground_share, point_in_box
 from lastvit.analysis.scores import convnet_patch_scores, global_representation, patch_scores, scores_from_record
 from lastvit.analysis.suite import Diagnosis, diagnose
@@ -24,7 +24,6 @@ __all__ = [
     "convnet_patch_scores",
     "encode_kept",
     "evaluate_pib",
-    "fit_pca",
     "foreground_patches",
     "foreground_pca_rgb",
     "foreground_share",
@@ -36,6 +35,7 @@ __all__ = [
     "outlier_stats",
     "outlier_threshold",
     "patch_scores",
+    "pca_basis",
     "pca_rgb",
     "per_image_scores",
     "pixel_mask",

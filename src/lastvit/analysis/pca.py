@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fit_pca", "pca_rgb", "foreground_pca_rgb"]
+__all__ = ["pca_basis", "pca_rgb", "foreground_pca_rgb"]
 
 
-def fit_pca(x: torch.Tensor, n_components: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+def pca_basis(x: torch.Tensor, n_components: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean (D,), components (n, D))`` of rows of ``x`` (M, D) by SVD in float64, each component's sign fixed so
     that its largest-magnitude loading is positive (deterministic)."""
     x = x.detach().double().reshape(-1, x.shape[-1])
@@ -37,7 +37,7 @@ def pca_rgb(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     b, n, d = features.shape
     if n != grid[0] * grid[1]:
         raise ValueError(f"{n} patches do not match grid {grid}")
-    mean, comps = fit_pca(features.reshape(-1, d))
+    mean, comps = pca_basis(features.reshape(-1, d))
     proj = (features.detach().double().reshape(-1, d) - mean) @ comps.T
     return _minmax(proj).reshape(b, *grid, 3).float()
 
@@ -55,7 +55,7 @@ def foreground_pca_rgb(
     b, n, d = features.shape
     flat = features.detach().double().reshape(-1, d)
     if foreground is None:
-        mean, comps = fit_pca(flat, 1)
+        mean, comps = pca_basis(flat, 1)
         first = (flat - mean) @ comps[0]
         fg = first > threshold
         if fg.float().mean() > 0.5:
@@ -64,6 +64,6 @@ def foreground_pca_rgb(
         fg = foreground.reshape(-1).bool()
     rgb = torch.zeros(b * n, 3, dtype=torch.float64)
     if int(fg.sum()) >= 2:
-        mean2, comps2 = fit_pca(flat[fg])
+        mean2, comps2 = pca_basis(flat[fg])
         rgb[fg] = _minmax((flat[fg] - mean2) @ comps2.T)
     return rgb.reshape(b, *grid, 3).float(), fg.reshape(b, *grid)

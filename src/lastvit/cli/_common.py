@@ -99,9 +99,11 @@ def load_model(args: argparse.Namespace, *, need_clip: bool = False, image_tower
             raise ValueError(f"{args.checkpoint}: this needs a whole-CLIP checkpoint (image and text towers); "
                              f"got a {type(model).__name__}")
         return model.eval(), report
-    if image_tower and not hasattr(model, "forward_tokens"):
-        vis = getattr(model, "visual", None)
-        if vis is None or not hasattr(vis, "forward_tokens"):
-            raise ValueError(f"{args.checkpoint}: the model has no LastViT image tower")
-        model = vis
+    if image_tower:
+        from lastvit.models import as_vit
+
+        try:
+            model = as_vit(model)
+        except TypeError:
+            raise ValueError(f"{args.checkpoint}: the model has no LastViT image tower") from None
     return model.eval(), report

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lastvit.models import as_vit
+
 __all__ = ["batch_images_labels", "extract_features", "knn_classify", "knn_accuracy", "linear_probe", "topk_accuracy"]
 
 
@@ -35,12 +37,12 @@ def batch_images_labels(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pooled(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The model's pooled token: ``forward_tokens(...).pooled`` for a LastViT, else ``model(images)``."""
-    if hasattr(model, "forward_tokens"):
-        return model.forward_tokens(images).pooled
-    if hasattr(model, "visual") and hasattr(model.visual, "forward_tokens"):
-        return model.visual.forward_tokens(images).pooled
-    return model(images)
+    """The pooled token: ``forward_tokens(...).pooled`` of a LastViT or a CLIP's image tower, else ``model(images)``."""
+    try:
+        vit = as_vit(model)
+    except TypeError:
+        return model(images)
+    return vit.forward_tokens(images).pooled
 
 
 @torch.no_grad()
