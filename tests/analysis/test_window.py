@@ -35,7 +35,7 @@ def test_window_attention_is_local_and_token_drop_respects_it(micro_vit):
         kept = encode_kept(win, x, keep)
         # by hand: the prefix sees everything, a patch sees the prefix and the kept patches of its own window
         enc = win.encoder
-        t, _ = win.embed(x)  # the token path before the blocks (tests/core/test_token_path.py)
+        t, _ = win.embed(x)  # the token path before the blocks (tests/models/test_token_path.py)
         t = torch.cat([t[:, :1], t[:, 1:][:, keep[0]]], dim=1)
         cell = torch.tensor([0, 0, 0, 0, 1, 1])
         mask = torch.ones(7, 7, dtype=torch.bool)

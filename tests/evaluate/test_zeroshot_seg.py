@@ -24,7 +24,7 @@ def _tiny_vit(**kw):
 def _manual_last_block(vit, images, variant, std=5.0):
     """Reference: the definitions written out per head with explicit einsums."""
     enc = vit.encoder
-    x, _ = vit.embed(images)  # the token path before the blocks (tested in tests/core/test_token_path.py)
+    x, _ = vit.embed(images)  # the token path before the blocks (tested in tests/models/test_token_path.py)
     for blk in enc.blocks[:-1]:
         x = blk(x)
     blk = enc.blocks[-1]
