@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "lastvit"
 FLOORS: list[tuple[str, ...]] = [
     ("lastvit.cli",),
     ("lastvit.demo", "lastvit.study"),
-    ("lastvit.paradigms", "lastvit.stories"),
+    ("lastvit.paradigms", "lastvit.ovdet_miniature"),
     ("lastvit.train",),
     ("lastvit.detection",),
     ("lastvit.factory",),

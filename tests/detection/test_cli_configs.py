@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lastvit.detection.cli import register_data, register_evaluate
+from lastvit.cli._ovdet import register_data, register_evaluate
 from lastvit.detection.splits import OV_COCO_FILES
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ovdet"

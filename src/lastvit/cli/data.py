@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default=None, help="write metrics.json here")
     c.set_defaults(func=_check)
 
-    from lastvit.detection.cli import register_data  # ovdet commands (lastvit.detection.cli)
+    from lastvit.cli._ovdet import register_data  # ovdet commands (lastvit.cli._ovdet)
 
     register_data(sub)
 

@@ -374,6 +374,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--wd", type=float, default=0.0)
     k.set_defaults(func=_run_classify)
 
-    from lastvit.detection.cli import register_evaluate  # ovdet commands (lastvit.detection.cli)
+    from lastvit.cli._ovdet import register_evaluate  # ovdet commands (lastvit.cli._ovdet)
 
     register_evaluate(sub)

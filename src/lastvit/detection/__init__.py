@@ -4,7 +4,8 @@ See docs/ovdet.md. Modules: :mod:`~lastvit.detection.backbone` (frozen taps + si
 :mod:`~lastvit.detection.model` (the detector and its torchvision overrides), :mod:`~lastvit.detection.ensemble`,
 :mod:`~lastvit.detection.text` (class text embeddings), :mod:`~lastvit.detection.data` (COCO/LVIS JSON datasets,
 large-scale jitter), :mod:`~lastvit.detection.splits` (OV-COCO / OV-LVIS split makers),
-:mod:`~lastvit.detection.metrics`, :mod:`~lastvit.detection.miniature` (the CPU miniature).
+:mod:`~lastvit.detection.metrics`, :mod:`~lastvit.detection.evaluate`. The CPU miniature is
+:mod:`lastvit.ovdet_miniature` (a story, above training); the commands are in :mod:`lastvit.cli._ovdet`.
 """
 
 from lastvit.detection.ensemble import ensemble_scores

@@ -23,13 +23,35 @@ import torch
 from lastvit.detection.data import CocoDetection
 from lastvit.detection.metrics import lvis_ap, oracle_region_accuracy, ov_coco_ap50, proposal_recall
 
-__all__ = ["evaluate_ovdet", "predict"]
+__all__ = ["detections_to_coco", "evaluate_ovdet", "predict"]
+
+
+def detections_to_coco(det: dict[str, torch.Tensor], image_id: Any, label_to_cat: dict[int, int],
+                       masks: bool = False) -> list[dict[str, Any]]:
+    """COCO result entries (xywh boxes; RLE masks at threshold 0.5 with ``masks``) of one image."""
+    out = []
+    b = det["boxes"].detach().cpu().float()
+    rles = None
+    if masks and "masks" in det:
+        import numpy as np
+        from pycocotools import mask as mask_utils
+
+        m = (det["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+        rles = [mask_utils.encode(np.asfortranarray(x)) for x in m]
+        for r in rles:
+            r["counts"] = r["counts"].decode()
+    for i, (box, s, lab) in enumerate(zip(b.tolist(), det["scores"].tolist(), det["labels"].tolist())):
+        e = {"image_id": image_id, "category_id": label_to_cat[int(lab)],
+             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(s)}
+        if rles is not None:
+            e["segmentation"] = rles[i]
+        out.append(e)
+    return out
 
 
 @torch.no_grad()
 def predict(model: Any, ds: CocoDetection, batch_size: int = 16, max_images: int | None = None) -> dict[str, Any]:
     """Detections (COCO results), proposals and oracle counts over ``ds``."""
-    from lastvit.train.ovdet import detections_to_coco
 
     model.eval()
     n = len(ds) if max_images is None else min(len(ds), int(max_images))

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lastvit.detection.data import CocoDetection, LargeScaleJitter, collate_detection
+from lastvit.detection.evaluate import detections_to_coco
 from lastvit.detection.model import DETECTOR_DEFAULTS, FViTDetector, build_fvit
 from lastvit.io import atomic_write
 from lastvit.train.config import TRAINER_DEFAULTS, ConfigError, merge, per_device_batch
@@ -166,29 +167,6 @@ class OVDetDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=int(self.cfg["data"]["val_batch"]), shuffle=False,
                           collate_fn=collate_detection, num_workers=int(self.cfg["data"]["num_workers"]))
-
-
-def detections_to_coco(det: dict[str, torch.Tensor], image_id: Any, label_to_cat: dict[int, int],
-                       masks: bool = False) -> list[dict[str, Any]]:
-    """COCO result entries (xywh boxes; RLE masks at threshold 0.5 with ``masks``) of one image."""
-    out = []
-    b = det["boxes"].detach().cpu().float()
-    rles = None
-    if masks and "masks" in det:
-        import numpy as np
-        from pycocotools import mask as mask_utils
-
-        m = (det["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
-        rles = [mask_utils.encode(np.asfortranarray(x)) for x in m]
-        for r in rles:
-            r["counts"] = r["counts"].decode()
-    for i, (box, s, lab) in enumerate(zip(b.tolist(), det["scores"].tolist(), det["labels"].tolist())):
-        e = {"image_id": image_id, "category_id": label_to_cat[int(lab)],
-             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": float(s)}
-        if rles is not None:
-            e["segmentation"] = rles[i]
-        out.append(e)
-    return out
 
 
 class OVDetModule(L.LightningModule):

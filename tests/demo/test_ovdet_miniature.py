@@ -7,8 +7,8 @@ import json
 import torch
 
 from lastvit.checkpoints import save_clip
-from lastvit.detection.miniature import NOVEL_FOLDS, run_ovdet_miniature
 from lastvit.models.clip import CLIP
+from lastvit.ovdet_miniature import NOVEL_FOLDS, run_ovdet_miniature
 
 torch.set_num_threads(1)
 
