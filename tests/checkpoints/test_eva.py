@@ -453,3 +453,28 @@ def test_open_clip_eva_image_tower_saved_alone(tmp_path, eva_clip):
     assert vit.head_type == "proj" and vit.head.bias is not None and vit.load_report.ok
     with torch.no_grad():
         torch.testing.assert_close(vit(X_ODD), _at_size(ref, (48, 40)).encode_image(X_ODD), atol=1e-4, rtol=0)
+
+
+def test_attention_maps_on_eva_include_the_rotary_embedding(tmp_path, eva_clip):
+    # block_attention recomputes softmax(q k^T / sqrt(d)); on EVA, q and k are rotated first. Reference: the matrix
+    # timm's own (non-fused) EvaAttention computes, captured where it enters the attention dropout.
+    from lastvit.analysis.attention import block_attention
+
+    ref, cfg = eva_clip
+    torch.save(ref.state_dict(), tmp_path / "eva02.pt")
+    clip = lastvit.create_model(checkpoint=str(tmp_path / "eva02.pt"), arch=cfg).eval()
+    vit = clip.visual
+    for layer in (0, -1):
+        attn = vit.encoder.blocks[layer].attn
+        seen = []
+        hook = attn.attn_drop.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+        attn.fused_attn = False
+        try:
+            with torch.no_grad():
+                vit.forward_tokens(X_ODD)
+        finally:
+            hook.remove()
+            attn.fused_attn = True
+        ours = block_attention(clip, X_ODD, layer)
+        assert len(seen) == 1 and seen[0].shape == ours.shape
+        torch.testing.assert_close(ours, seen[0], atol=1e-5, rtol=1e-4)

@@ -41,6 +41,9 @@ def block_attention(model: nn.Module, images: torch.Tensor, layer: int = -1) -> 
     heads, hd = attn.num_heads, attn.head_dim
     q, k, _ = qkv.reshape(b, n_tok, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    rotate = getattr(attn, "rotate_qk", None)  # EVA blocks: their rotary position embedding (lastvit.models.eva)
+    if rotate is not None:
+        q, k = rotate(q, k, grid)
     logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
     mask = model.attn_mask(grid, device=images.device)
     if mask is not None and li in model.windowed_blocks:
