@@ -466,8 +466,8 @@ def test_attention_maps_on_eva_include_the_rotary_embedding(tmp_path, eva_clip):
     vit = clip.visual
     for layer in (0, -1):
         attn = vit.encoder.blocks[layer].attn
-        seen = []
-        hook = attn.attn_drop.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+        seen: list[torch.Tensor] = []
+        hook = attn.attn_drop.register_forward_hook(lambda mod, inp, out, seen=seen: seen.append(inp[0].detach()))
         attn.fused_attn = False
         try:
             with torch.no_grad():
