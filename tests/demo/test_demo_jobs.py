@@ -3,12 +3,19 @@ turn at the same per-run thread count; the run folder, its completion marker and
 run."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from lastvit.cli import main
 from lastvit.demo import plan_jobs, run_demo
 
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 TINY = {"trainer.max_steps": 6, "data.train_size": 128, "data.val_size": 32, "trainer.val_every": 6,
         "trainer.ckpt_every": 6, "trainer.progress_bar": False, "data.global_batch": 32}
 
@@ -66,3 +73,52 @@ def test_plan_jobs_defaults():
         plan_jobs(2, jobs=0)
     with pytest.raises(ValueError, match="--threads"):
         plan_jobs(2, threads=0)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc")
+def test_sigterm_stops_the_parallel_jobs_and_leaves_no_finished_run(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    over = {**TINY, "trainer.max_steps": 2000, "trainer.ckpt_every": 5, "trainer.val_every": 1000}
+    cmd = [sys.executable, "-m", "lastvit.cli", "demo", "--out", str(out), "--jobs", "2", "--threads", "1",
+           *(f"{k}={json.dumps(v)}" for k, v in over.items())]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lasts = [out / agg / "checkpoints" / "last.ckpt" for agg in ("cls", "lazystrike")]
+    deadline = time.time() + 300
+    while not all(f.exists() for f in lasts) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert all(f.exists() for f in lasts), "the two jobs did not both start training"
+    kids = _children(p.pid)
+    assert len(kids) >= 2
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=180)
+    assert p.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err
+    deadline = time.time() + 30
+    while any(_alive(k) for k in kids) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(k) for k in kids)  # no job outlives the demo
+    assert not (out / ".lastvit.lock").exists() and not (out / ".lastvit-done.json").exists()
+    assert not (out / "metrics.json").exists()
