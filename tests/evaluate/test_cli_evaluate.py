@@ -194,20 +194,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys, voc):
     assert len(err) == 1 and "nope.pt" in err[0]
 
 
-def test_discovery_cli_coco20k_image_list(tmp_path, vit_ckpt):
-    root = tmp_path / "coco"
+def _coco2014(root, bboxes, crowd, seed):
+    """A COCO train2014 tree: one 48x40 image per box, box i crowd when crowd[i]."""
     (root / "train2014").mkdir(parents=True)
     (root / "annotations").mkdir()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     images, anns = [], []
-    for i in range(3):
+    for i, (bbox, c) in enumerate(zip(bboxes, crowd)):
         fn = f"COCO_train2014_{i:012d}.jpg"
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "train2014" / fn)
         images.append({"id": i + 1, "file_name": fn, "width": 48, "height": 40})
-        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 4, 30, 20], "area": 600,
-                     "iscrowd": 0, "segmentation": [[4, 4, 34, 4, 34, 24, 4, 24]]})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": bbox, "area": 600,
+                     "iscrowd": int(c), "segmentation": [[4, 4, 34, 4, 34, 24, 4, 24]]})
     (root / "annotations" / "instances_train2014.json").write_text(json.dumps(
         {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+    return root
+
+
+def test_discovery_cli_coco20k_image_list(tmp_path, vit_ckpt):
+    root = _coco2014(tmp_path / "coco", [[4, 4, 30, 20]] * 3, [0, 0, 0], seed=1)
     lst = tmp_path / "coco_20k_filenames.txt"
     lst.write_text("train2014/COCO_train2014_000000000000.jpg\ntrain2014/COCO_train2014_000000000002.jpg\n")
     out = tmp_path / "c20k"
@@ -224,19 +229,7 @@ def test_discovery_cli_coco20k_image_list(tmp_path, vit_ckpt):
 def test_discovery_cli_coco_defaults_to_the_lost_protocol(tmp_path, vit_ckpt):
     # COCO20k as LOST scores it: a crowd-only image stays in CorLoc's denominator as a miss; --coco-protocol float
     # keeps the previous behaviour (the image is left out)
-    root = tmp_path / "coco"
-    (root / "train2014").mkdir(parents=True)
-    (root / "annotations").mkdir()
-    rng = np.random.default_rng(2)
-    images, anns = [], []
-    for i in range(2):
-        fn = f"COCO_train2014_{i:012d}.jpg"
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "train2014" / fn)
-        images.append({"id": i + 1, "file_name": fn, "width": 48, "height": 40})
-        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4.5, 4, 30, 20], "area": 600,
-                     "iscrowd": i, "segmentation": [[4, 4, 34, 4, 34, 24, 4, 24]]})
-    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))
+    root = _coco2014(tmp_path / "coco", [[4.5, 4, 30, 20]] * 2, [0, 1], seed=2)
     counts = {}
     for proto in (None, "float"):
         out = tmp_path / f"run_{proto}"
