@@ -7,11 +7,11 @@ patch-token norms). This module is the story on top: figures (patch scores, hist
 LazyStrike vote maps), the interpretation, ``metrics.json`` and a self-contained ``report.html`` in ``out``.
 ``paradigm="text"`` / ``"self"`` train the twins as CLIP / DINO models instead; ``"all"`` runs the three.
 
-The twins are independent runs, so ``jobs`` (default: one per twin, at most one per core) trains and diagnoses them
-in parallel processes, each pinned to ``threads`` torch threads (default ``cores // jobs``): on a small CPU two
-1-thread runs side by side beat two 2-thread runs in turn (the micro models scale poorly across threads). A run's
-numbers depend on its thread count only, not on the other run: ``jobs=2, threads=1`` gives bit for bit the metrics
-of ``jobs=1, threads=1``.
+The twins are independent runs, so ``jobs`` (default: one per twin, at most one per core of
+:func:`available_cores`) trains and diagnoses them in parallel processes, each pinned to ``threads`` torch threads
+(default ``cores // jobs``): on a small CPU two 1-thread runs side by side beat two 2-thread runs in turn (the micro
+models scale poorly across threads). A run's numbers depend on its thread count only, not on the other run:
+``jobs=2, threads=1`` gives bit for bit the metrics of ``jobs=1, threads=1``.
 """
 
 from __future__ import annotations
@@ -76,11 +76,16 @@ class _Eta(Callback):
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    """The cores this process may run on: its CPU affinity (``os.cpu_count()`` where that is unknown), capped by
+    ``OMP_NUM_THREADS`` when that is set (a user who asked for one thread gets one core's worth of work)."""
     try:
-        return max(len(os.sched_getaffinity(0)), 1)
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(os.cpu_count() or 1, 1)
+        n = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        n = min(n, int(omp))
+    return max(n, 1)
 
 
 def plan_jobs(twins: int, jobs: int | None = None, threads: int | None = None,

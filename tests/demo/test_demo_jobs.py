@@ -122,3 +122,15 @@ def test_sigterm_stops_the_parallel_jobs_and_leaves_no_finished_run(tmp_path):
     assert not any(_alive(k) for k in kids)  # no job outlives the demo
     assert not (out / ".lastvit.lock").exists() and not (out / ".lastvit-done.json").exists()
     assert not (out / "metrics.json").exists()
+
+
+def test_available_cores_respects_omp_num_threads(monkeypatch):
+    from lastvit.demo import available_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    n = available_cores()
+    assert n >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1 and plan_jobs(2) == (1, None)  # one thread asked for: the twins in turn
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert available_cores() == n

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-images", type=int, default=None, help="held-out images to evaluate (default 1000)")
     p.add_argument("--jobs", type=int, default=None,
                    help="twins trained at once, each in its own process (default: one per twin, at most one per "
-                        "core; 1 trains them in turn in this process)")
+                        "core, OMP_NUM_THREADS capping the cores; 1 trains them in turn in this process)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: cores // jobs when parallel, torch's own setting with one "
                         "job); a run's numbers depend on this count, not on --jobs")
