@@ -1,27 +1,48 @@
 """lastvit: the reference implementation of LaSt-ViT (LazyStrike) from "Vision Transformers Need More Than
-Registers" (Shi, Yu, Yang; CVPR 2026): the readout, models, training, diagnostics and evaluations."""
+Registers" (Shi, Yu, Yang; CVPR 2026): the readout, models, training, diagnostics and evaluations.
 
-from lastvit.aggregate import AttentionPool, ClsToken, LazyStrike, MaxPool, MeanPool, build_aggregator
-from lastvit.checkpoints import LoadOptions, load_checkpoint, read_checkpoint, save_checkpoint
-from lastvit.factory import create_model
-from lastvit.models import LastViT, TokenRecord
+The public names below are imported on first use (PEP 562), so ``import lastvit`` and ``lastvit --help`` do not pay
+for torch and timm until a model, a readout or a checkpoint is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
 
 __version__ = "0.1.0"
 
+#: public name -> the module that defines it
+_EXPORTS = {
+    "AttentionPool": "lastvit.aggregate",
+    "ClsToken": "lastvit.aggregate",
+    "LazyStrike": "lastvit.aggregate",
+    "MaxPool": "lastvit.aggregate",
+    "MeanPool": "lastvit.aggregate",
+    "build_aggregator": "lastvit.aggregate",
+    "LoadOptions": "lastvit.checkpoints",
+    "load_checkpoint": "lastvit.checkpoints",
+    "read_checkpoint": "lastvit.checkpoints",
+    "save_checkpoint": "lastvit.checkpoints",
+    "create_model": "lastvit.factory",
+    "LastViT": "lastvit.models",
+    "TokenRecord": "lastvit.models",
+}
 
-__all__ = [
-    "AttentionPool",
-    "ClsToken",
-    "LastViT",
-    "LazyStrike",
-    "LoadOptions",
-    "MaxPool",
-    "MeanPool",
-    "TokenRecord",
-    "build_aggregator",
-    "create_model",
-    "load_checkpoint",
-    "read_checkpoint",
-    "save_checkpoint",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:  # a subpackage (``lastvit.models``, ``lastvit.evaluate`` ...), as an eager import would give
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module 'lastvit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
