@@ -212,7 +212,10 @@ def claim_run(out: str | os.PathLike, *, command: str, resume: bool = False, ove
     """
     out = Path(out)
     _check_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a read-only file system or a folder the user may not write (root included: sysfs)
+        raise RunDirError(f"--out {out} is not writable: {e.strerror or e}") from None
     lock = out / LOCK_NAME
     host = socket.gethostname()
     me = {"pid": os.getpid(), "host": host, "proc_start": _proc_start(os.getpid()), "command": command,

@@ -80,8 +80,8 @@ def test_a_wrong_type_in_the_recipe_is_one_line(tree: Path, capsys):
     assert "max_steps" in _one_line(capsys, "train")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
-def test_cuda_without_a_gpu_is_one_line(tree: Path, tmp_path: Path, capsys):
+def test_cuda_without_a_gpu_is_one_line(tree: Path, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
     argv, label = _argv(tree, "analyze", tmp_path / "o")
     assert main([*argv, "--device", "cuda"]) != 0
     assert "--device cuda: no CUDA GPU is available here" in _one_line(capsys, label)

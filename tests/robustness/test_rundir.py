@@ -136,13 +136,15 @@ def test_out_that_is_a_file_or_under_a_file(tmp_path: Path):
         _enter(f / "sub", command="demo")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_out(tmp_path: Path):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    out = ro / "run"
+    if os.access(ro, os.W_OK):  # root writes into read-only folders; sysfs refuses new folders to everyone
+        out = Path("/sys/lastvit-read-only-test/run")
     try:
-        with pytest.raises(RunDirError, match="is not writable"), claim_run(ro / "run", command="demo"):
+        with pytest.raises(RunDirError, match="is not writable"), claim_run(out, command="demo"):
             pass
     finally:
         ro.chmod(0o700)
