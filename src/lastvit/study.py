@@ -29,7 +29,7 @@ import yaml
 from lastvit.io import write_json
 from lastvit.report import write_atomic
 
-__all__ = ["load_study", "run_study", "summarise"]
+__all__ = ["load_study", "run_ovdet_study", "run_study", "summarise", "summarise_ovdet"]
 
 _KEYS = ("accuracy", "pib", "pib_center", "score_auroc", "norm_block_max", "norm_block_median")
 #: self-supervised extras, each beside the same network untrained (summarised when every run of a group has them)
@@ -105,8 +105,10 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
     from lastvit.paradigms import ACCURACY_NAMES, PARADIGMS, run_one
 
     paradigm = cfg.get("paradigm", "label")
+    if paradigm == "ovdet":
+        return run_ovdet_study(cfg, out, verbose=verbose)
     if paradigm not in PARADIGMS:
-        raise ValueError(f"study config: paradigm must be one of {', '.join(PARADIGMS)}, got {paradigm!r}")
+        raise ValueError(f"study config: paradigm must be one of {', '.join(PARADIGMS)} or ovdet, got {paradigm!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {"main": {}, **(cfg.get("variants") or {})}
@@ -142,3 +144,45 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
     if verbose:
         print("\n" + table)
     return {"runs": runs, "summary": rows, "table": table}
+
+
+#: the open-vocabulary numbers of each seed (lastvit.ovdet_miniature), summarised per readout
+OVDET_KEYS = ("novel_ap50", "base_ap50", "all_ap50", "novel_mask_ap", "novel_rpn_recall", "oracle_box_accuracy")
+
+
+def summarise_ovdet(seeds: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds per readout of :data:`OVDET_KEYS` (``seeds``: seed -> readout -> metrics)."""
+    readouts = sorted({r for per in seeds.values() for r in per})
+    return [{"readout": r, "seeds": sum(r in per for per in seeds.values()),
+             **{k: _mean_std([_num(per[r].get(k)) for per in seeds.values() if r in per]) for k in OVDET_KEYS}}
+            for r in readouts]
+
+
+def run_ovdet_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> dict[str, Any]:
+    """Paper Table 5 in miniature over seeds (``paradigm: ovdet``): :func:`lastvit.ovdet_miniature.run_ovdet_miniature`
+    per seed into ``out/seed<S>`` (the novel pair rotates with the seed), CLIPs and data cached in ``out/cache``;
+    resumable (a seed whose ``metrics.json`` exists is reused). Options: ``quick``, ``workers``, ``threads``."""
+    from lastvit.ovdet_miniature import run_ovdet_miniature
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in cfg["seeds"]:
+        done = out / f"seed{seed}" / "metrics.json"
+        if not done.is_file():
+            run_ovdet_miniature(out / f"seed{seed}", int(seed), quick=bool(cfg.get("quick", False)),
+                                cache=out / "cache", workers=int(cfg.get("workers", 2)),
+                                threads=int(cfg.get("threads", 1)), verbose=verbose)
+        seeds[int(seed)] = json.loads(done.read_text())["readouts"]
+    rows = summarise_ovdet(seeds)
+    pct = lambda ms: f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+    lines = ["| readout | seeds | " + " | ".join(f"{k} (%)" for k in OVDET_KEYS) + " |",
+             "|---|---|" + "---|" * len(OVDET_KEYS)]
+    lines += [f"| {r['readout']} | {r['seeds']} | " + " | ".join(pct(r[k]) for k in OVDET_KEYS) + " |" for r in rows]
+    table = "\n".join(lines) + "\n"
+    write_json(out / "study.json", {"config": cfg, "seeds": seeds, "summary": rows})
+    write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\nParadigm: ovdet (F-ViT on the frozen "
+                                   f"text-supervised CLIPs; novel classes unannotated in training).\n\n{table}")
+    if verbose:
+        print("\n" + table)
+    return {"seeds": seeds, "summary": rows, "table": table}

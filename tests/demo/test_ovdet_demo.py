@@ -1,0 +1,61 @@
+"""`lastvit demo --paradigm ovdet` and `lastvit study` with `paradigm: ovdet` (paper Table 5 in miniature)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lastvit.checkpoints import save_clip
+from lastvit.cli import main
+from lastvit.models.clip import CLIP
+from lastvit.study import OVDET_KEYS, run_ovdet_study, summarise_ovdet
+
+
+def _tiny_clips(cache, seed: int) -> None:
+    """The text-supervised twins the miniature would train, pre-placed in its cache (tiny and untrained)."""
+    for readout in ("cls", "lazystrike"):
+        torch.manual_seed(0)
+        clip = CLIP({"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2},
+                    {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}, 16,
+                    aggregator=readout)
+        save_clip(clip, cache / f"clip_{readout}_s{seed}_quick" / "model.pt")
+
+
+def test_demo_paradigm_ovdet_through_the_cli(tmp_path):
+    out = tmp_path / "demo"
+    _tiny_clips(out / "cache", seed=2)
+    assert main(["demo", "--paradigm", "ovdet", "--quick", "--seed", "2", "--out", str(out), "--jobs", "1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["readouts"]) == {"cls", "lazystrike"} and m["seed"] == 2
+    for r in m["readouts"].values():
+        assert {"novel_ap50", "base_ap50", "novel_mask_ap", "novel_rpn_recall", "oracle_box_accuracy"} <= set(r)
+        assert r["novel_classes"] == ["disk", "square"]  # seed 2's novel pair
+    report = (out / "report.md").read_text()
+    assert "novel AP50" in report and "chance" in report and (out / "detections.png").stat().st_size > 0
+    # a finished demo folder is not silently overwritten
+    assert main(["demo", "--paradigm", "ovdet", "--quick", "--seed", "2", "--out", str(out)]) != 0
+
+
+def test_ovdet_study_summarises_every_seed_and_reuses_finished_ones(tmp_path):
+    vals = {0: (0.10, 0.30), 1: (0.20, 0.50)}  # seed -> (CLS, LazyStrike) novel AP50
+    for seed, (c, z) in vals.items():
+        per = {r: {k: v for k in OVDET_KEYS} for r, v in (("cls", c), ("lazystrike", z))}
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "metrics.json").write_text(json.dumps({"readouts": per}))
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "studies" / "ovdet_synthetic.yaml").read_text())
+    cfg["seeds"] = [0, 1]  # both finished: nothing is trained
+    res = run_ovdet_study(cfg, tmp_path, verbose=False)
+    rows = {r["readout"]: r for r in res["summary"]}
+    assert rows["cls"]["seeds"] == 2 and rows["cls"]["novel_ap50"][0] == pytest.approx(0.15)
+    assert rows["lazystrike"]["novel_ap50"] == pytest.approx((0.40, 0.1414213562), rel=1e-6)
+    assert "| lazystrike | 2 | 40.0 ± 14.1 |" in res["table"]
+    assert json.loads((tmp_path / "study.json").read_text())["summary"][0]["readout"] == "cls"
+
+
+def test_summarise_ovdet_keeps_a_missing_number_as_nan():
+    rows = summarise_ovdet({0: {"cls": {"novel_ap50": None}}})
+    assert rows[0]["novel_ap50"][0] != rows[0]["novel_ap50"][0]  # nan, not 0
