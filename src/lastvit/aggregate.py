@@ -29,6 +29,7 @@ Implementation notes.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -251,4 +252,9 @@ def build_aggregator(name: str, dim: int, **kwargs) -> nn.Module:
         return AttentionPool(dim, **kwargs)
     if key != "lazystrike" and kwargs:
         raise ValueError(f"aggregator {name!r} takes no options, got {sorted(kwargs)}")
+    known = [p for p in inspect.signature(AGGREGATORS[key]).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"aggregator {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(known)}")
     return AGGREGATORS[key](**kwargs)

@@ -112,7 +112,9 @@ def _parse(item: str, src: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{src}: override {item!r}: value is not valid YAML ({e})") from None
+        hint = (" (a value with spaces must be quoted as one shell word: 'key={k: 7}', or write key.k=7)"
+                if raw.strip().startswith(("{", "[")) else "")
+        raise ConfigError(f"{src}: override {item!r}: value is not valid YAML{hint} ({e})") from None
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         value = float(value)  # YAML 1.1 reads "2e-3" as a string
     return key, value

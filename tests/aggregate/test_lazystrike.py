@@ -175,3 +175,9 @@ def test_baselines():
     assert attn(x, prefix).shape == (2, 8)
     with pytest.raises(ValueError, match="class token"):
         build_aggregator("cls", 8)(x, prefix[:, :0])
+
+
+def test_an_unknown_readout_option_is_a_value_error_naming_the_options():
+    with pytest.raises(ValueError, match=r"no option 'bogus'; its options: k, sigma, score, eps"):
+        build_aggregator("lazystrike", 8, k=2, bogus=1)
+    assert build_aggregator("lazystrike", 8, k=2).k == 2

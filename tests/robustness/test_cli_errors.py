@@ -147,3 +147,13 @@ def test_a_finished_folder_is_refused_then_replaced_with_overwrite(tmp_path: Pat
     assert main([*argv, "--overwrite", "--seed", "1"]) == 0
     assert sorted(p.name for p in (out / "val").rglob("*.png")) == first and (out / ".lastvit-done.json").is_file()
     assert "replacing a finished run" in capsys.readouterr().err
+
+
+def test_an_unknown_readout_option_and_an_unquoted_mapping_are_one_line(tmp_path: Path, capsys):
+    assert main(["train", "--config", "tiny_smoke", "model.aggregator_kwargs={k: 7, bogus: 1}",
+                 "--out", str(tmp_path / "a")]) != 0
+    assert "has no option 'bogus'" in _one_line(capsys, "train")
+    # what the shell makes of an unquoted `model.aggregator_kwargs={k: 7}`: two words
+    assert main(["train", "--config", "tiny_smoke", "model.aggregator_kwargs={k:", "7}",
+                 "--out", str(tmp_path / "b")]) != 0
+    assert "must be quoted as one shell word" in _one_line(capsys, "train")
