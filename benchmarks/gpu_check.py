@@ -291,8 +291,8 @@ def run_gpu_study(config: str | Path, out: Path, device: str, smoke: bool = Fals
         from lastvit.paradigms import run_one
 
         readout, kw = next(iter(cfg["readouts"].items()))
-        over.update({"data.train_size": 64, "data.val_size": 16, "trainer.max_epochs": 1,
-                     "trainer.progress_bar": False})
+        over.update({"data.train_size": 64, "data.val_size": 16, "data.global_batch": 16, "trainer.max_epochs": 1,
+                     "trainer.progress_bar": False})  # any study config, the GPU one (batch 256) included
         r = run_one(cfg.get("paradigm", "label"), readout.split("@")[0], out=out / f"{readout}_seed0",
                     seed=int(cfg["seeds"][0]), overrides={**(cfg.get("overrides") or {}), **over},
                     readout_kwargs=dict(kw), test_images=16, knn_bank=64, verbose=False)
