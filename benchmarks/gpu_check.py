@@ -295,7 +295,8 @@ def run_gpu_study(config: str | Path, out: Path, device: str, smoke: bool = Fals
                      "trainer.progress_bar": False})  # any study config, the GPU one (batch 256) included
         r = run_one(cfg.get("paradigm", "label"), readout.split("@")[0], out=out / f"{readout}_seed0",
                     seed=int(cfg["seeds"][0]), overrides={**(cfg.get("overrides") or {}), **over},
-                    readout_kwargs=dict(kw), test_images=16, knn_bank=64, verbose=False)
+                    readout_kwargs=dict(kw) or None, test_images=16, knn_bank=64, verbose=False,
+                    recipe=cfg.get("recipe"))
         summary = [{"readout": readout, "accuracy": r["metrics"]["accuracy"], "pib": r["metrics"]["pib"]}]
         runs = 1
     else:

@@ -48,9 +48,10 @@ def _item(key: str, value: Any) -> str:
 
 def paradigm_recipe(paradigm: str, readout: str, *, out: str, seed: int = 0, quick: bool = False,
                     overrides: dict[str, Any] | None = None,
-                    readout_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                    readout_kwargs: dict[str, Any] | None = None, recipe: str | None = None) -> dict[str, Any]:
     """The training recipe of one run: the paradigm's packaged recipe with readout, seed, folder and overrides set.
 
+    ``recipe`` names another packaged recipe of the same task (default: the paradigm's, :data:`RECIPES`);
     ``quick`` applies the recipe's ``quick`` variant; ``overrides`` are dotted keys of the recipe
     (``trainer.max_steps``, ``data.synthetic.clutter`` ...); the readout keeps the recipe's options when it is the
     recipe's own (LazyStrike's K) and starts from none otherwise; ``readout_kwargs`` replace them (``{"k": 0.25}``).
@@ -62,7 +63,7 @@ def paradigm_recipe(paradigm: str, readout: str, *, out: str, seed: int = 0, qui
     items.append(_item("model.aggregator", readout))
     if readout_kwargs is not None:
         items.append(_item("model.aggregator_kwargs", dict(readout_kwargs)))
-    cfg = load_recipe(RECIPES[paradigm], items, variant="quick" if quick else None)
+    cfg = load_recipe(recipe or RECIPES[paradigm], items, variant="quick" if quick else None)
     cfg["trainer"]["seed"] = seed
     cfg["data"]["synthetic"]["seed"] = seed
     if paradigm != "label":
@@ -118,7 +119,7 @@ def self_supervised_probes(backbone: torch.nn.Module, cfg: dict[str, Any], featu
 def run_one(paradigm: str, readout: str, *, out: str | Path, seed: int = 0, quick: bool = False,
             overrides: dict[str, Any] | None = None, readout_kwargs: dict[str, Any] | None = None,
             test_images: int = 1000, knn_bank: int = 4096, verbose: bool = True,
-            callbacks: list[Any] | None = None) -> dict[str, Any]:
+            callbacks: list[Any] | None = None, recipe: str | None = None) -> dict[str, Any]:
     """Train one (paradigm, readout, seed) and diagnose it on ``test_images`` held-out images.
 
     ``callbacks``: extra Lightning callbacks for the training run (e.g. the demo's time estimate).
@@ -134,7 +135,7 @@ def run_one(paradigm: str, readout: str, *, out: str | Path, seed: int = 0, quic
 
     out = Path(out)
     cfg = paradigm_recipe(paradigm, readout, out=str(out), seed=seed, quick=quick, overrides=overrides,
-                          readout_kwargs=readout_kwargs)
+                          readout_kwargs=readout_kwargs, recipe=recipe)
     if verbose:
         steps = cfg["trainer"].get("max_steps") if paradigm != "self" else f"{cfg['trainer']['max_epochs']} epochs"
         print(f"[{paradigm}] training the {readout} readout ({cfg['model'].get('name') or cfg['model']['vision']}, "

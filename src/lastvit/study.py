@@ -4,7 +4,8 @@ A study config (YAML) names the paradigm, the readouts, the seeds and recipe ove
 paradigm is the base, :mod:`lastvit.paradigms`)::
 
     name: synthetic_main
-    paradigm: label          # label | text | self
+    paradigm: label          # label | text | self | ovdet
+    recipe: label_synthetic  # optional: another packaged recipe of the paradigm's task (default: the paradigm's)
     seeds: [0, 1, 2]
     readouts: {cls: {}, lazystrike: {}}   # {}: the recipe's own options (LazyStrike's K); or e.g. {k: 1}
     overrides: {trainer.max_steps: 2000}
@@ -127,8 +128,8 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
                         "trainer.progress_bar": False}
                 agg = readout.split("@")[0]  # "lazystrike@k7" style names allow several settings per readout
                 t = time.time()
-                r = run_one(paradigm, agg, out=run_dir, seed=seed, overrides=over, readout_kwargs=dict(kw),
-                            test_images=n_test, verbose=False)
+                r = run_one(paradigm, agg, out=run_dir, seed=seed, overrides=over, readout_kwargs=dict(kw) or None,
+                            test_images=n_test, verbose=False, recipe=cfg.get("recipe"))
                 rec = {"variant": vname, "readout": readout, "seed": seed, "paradigm": paradigm,
                        "metrics": r["metrics"], "overrides": over, "seconds": round(time.time() - t, 1)}
                 write_json(done, rec)

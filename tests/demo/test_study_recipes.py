@@ -44,3 +44,28 @@ def test_synthetic_window_recipes_build_models_that_differ_only_in_attention():
             outs[name] = mdl.eval()(x)
     assert not torch.allclose(outs["window_some_synthetic.yaml"], outs["window_none_synthetic.yaml"], atol=1e-4)
     assert not torch.allclose(outs["window_all_synthetic.yaml"], outs["window_some_synthetic.yaml"], atol=1e-4)
+
+
+def test_a_study_names_its_recipe_and_an_empty_readout_keeps_the_recipes_k(tmp_path, monkeypatch):
+    import lastvit.paradigms as paradigms
+    from lastvit.study import load_study, run_study
+
+    seen = []
+
+    def fake_run_one(paradigm, readout, **kw):
+        cfg = paradigms.paradigm_recipe(paradigm, readout, out=str(kw["out"]), seed=kw["seed"],
+                                        overrides=kw["overrides"], readout_kwargs=kw["readout_kwargs"],
+                                        recipe=kw["recipe"])
+        seen.append(cfg)
+        m = dict.fromkeys(("accuracy", "pib", "pib_center", "score_auroc", "norm_block_max", "norm_block_median"),
+                          0.5)
+        return {"metrics": {**m, "outliers_last_block": {"outlier_fraction": 0.0}}}
+
+    monkeypatch.setattr(paradigms, "run_one", fake_run_one)
+    cfg = load_study(STUDIES / "synthetic_self_ssl.yaml")
+    cfg["seeds"] = [0]
+    run_study(cfg, tmp_path, verbose=False)
+    by = {c["model"]["aggregator"]: c for c in seen}
+    assert by["lazystrike"]["model"]["aggregator_kwargs"] == {"k": 0.125}  # the recipe's own K, not LazyStrike's 1
+    assert by["lazystrike"]["data"]["synthetic"]["pattern_style"] == "flip_invariant"  # self_synthetic_ssl's data
+    assert by["lazystrike"]["dino"]["use_bn_in_head"] is True and by["cls"]["eval"]["enabled"] is False
