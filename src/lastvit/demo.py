@@ -212,6 +212,16 @@ def comparison(res: dict[str, dict[str, Any]], num_classes: int) -> dict[str, An
     return {"valid": not low, "near_chance": low, "chance": 1.0 / max(num_classes, 1)}
 
 
+#: what the self-supervised demo can and cannot show within its budget (docs/RESULTS.md, section 6)
+SELF_BUDGET_NOTE = (
+    "The self-supervised demo trains the demo recipe (self_synthetic) on the demo benchmark because that is what fits "
+    "the demo's budget, and within it DINO does not learn: expect the trained numbers at their untrained level. The "
+    "recipe that does learn on the CPU (self_synthetic_ssl, on the shortcut-free synthetic_ssl benchmark) needs about "
+    "13-16 minutes per readout, beyond the demo's budget: run it with `lastvit study --config "
+    "configs/studies/synthetic_self_ssl.yaml`."
+)
+
+
 def _interpret(res: dict[str, dict[str, Any]], num_classes: int, paradigm: str = "label") -> str:
     from lastvit.paradigms import ACCURACY_NAMES
 
@@ -219,8 +229,10 @@ def _interpret(res: dict[str, dict[str, Any]], num_classes: int, paradigm: str =
     name = ACCURACY_NAMES[paradigm]
     cmp = comparison(res, num_classes)
     baseline = ""
+    if paradigm == "self":
+        baseline = SELF_BUDGET_NOTE + " "
     if paradigm == "self" and "knn_top1_untrained" in c:
-        baseline = (f"The same networks untrained (same seed and readout) score kNN "
+        baseline += (f"The same networks untrained (same seed and readout) score kNN "
                     f"{100 * c['knn_top1_untrained']:.1f}% (CLS) / {100 * z['knn_top1_untrained']:.1f}% (LazyStrike) "
                     f"and linear probe "
                     f"{100 * c['linear_top1_untrained']:.1f}% / {100 * z['linear_top1_untrained']:.1f}%, against "

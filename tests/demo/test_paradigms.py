@@ -38,6 +38,9 @@ def test_demo_paradigm_end_to_end(tmp_path, capsys, paradigm, tiny, acc_name):
                 assert 0.0 <= r[f"{k}_untrained"] <= 1.0
             assert r["accuracy"] == r["knn_top1"] and 0.0 <= r["linear_top1"] <= 1.0
         assert "untrained" in (out / "report.html").read_text()
+        # it says plainly that the recipe that learns does not fit the demo's budget, and where it is
+        assert "beyond the demo" in (out / "report.html").read_text()
+        assert "configs/studies/synthetic_self_ssl.yaml" in (out / "report.html").read_text()
     assert not (out / "masking_cls.png").exists() and (out / "votes.png").stat().st_size > 1000
     assert acc_name in (out / "report.html").read_text()
     assert acc_name in capsys.readouterr().out
