@@ -2,6 +2,8 @@
 
 - ``micro_vit``: a factory for ``vit_micro_patch8_64`` LastViTs (seeded, eval mode, 5 classes unless told).
 - ``manual_encode``: the micro ViT's encoder written out by hand (an independent reference for the token path).
+- ``tiny_text_clips``: places the two tiny (untrained) text-supervised CLIPs the OV-detection miniature would train
+  into its cache (``tiny_text_clips(cache, seed)``).
 - ``ckpt_builders``: the module ``tests/checkpoints/_builders.py`` (torchvision / timm / open_clip models and an
   OpenAI TorchScript archive, in those libraries' real layouts).
 
@@ -68,3 +70,20 @@ def ckpt_builders() -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tiny_text_clips(cache: pathlib.Path, seed: int, suffix: str = "_quick") -> None:
+    from lastvit.checkpoints import save_clip
+    from lastvit.models.clip import CLIP
+
+    for readout in ("cls", "lazystrike"):
+        torch.manual_seed(0)
+        clip = CLIP({"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2},
+                    {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}, 16,
+                    aggregator=readout)
+        save_clip(clip, pathlib.Path(cache) / f"clip_{readout}_s{seed}{suffix}" / "model.pt")
+
+
+@pytest.fixture
+def tiny_text_clips() -> Callable[..., None]:
+    return _tiny_text_clips

@@ -139,12 +139,17 @@ def run_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = True) -> 
                           f"PiB {100 * r['metrics']['pib']:.1f}% ({rec['seconds']:.0f} s)", flush=True)
     rows = summarise(runs)
     table = _table(rows)
-    write_json(out / "study.json", {"config": cfg, "runs": runs, "summary": rows})
-    write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\nParadigm: {paradigm}; accuracy is the "
-                                   f"{ACCURACY_NAMES[paradigm]} on the held-out split.\n\n{table}")
+    _write(out, cfg, {"runs": runs, "summary": rows}, table, verbose,
+           f"{paradigm}; accuracy is the {ACCURACY_NAMES[paradigm]} on the held-out split")
+    return {"runs": runs, "summary": rows, "table": table}
+
+
+def _write(out: Path, cfg: dict[str, Any], result: dict[str, Any], table: str, verbose: bool, what: str) -> None:
+    """``study.json`` (the config and every run) and ``study.md`` (the table), atomically."""
+    write_json(out / "study.json", {"config": cfg, **result})
+    write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\nParadigm: {what}.\n\n{table}")
     if verbose:
         print("\n" + table)
-    return {"runs": runs, "summary": rows, "table": table}
 
 
 #: the open-vocabulary numbers of each seed (lastvit.ovdet_miniature), summarised per readout
@@ -181,9 +186,6 @@ def run_ovdet_study(cfg: dict[str, Any], out: str | Path, *, verbose: bool = Tru
              "|---|---|" + "---|" * len(OVDET_KEYS)]
     lines += [f"| {r['readout']} | {r['seeds']} | " + " | ".join(pct(r[k]) for k in OVDET_KEYS) + " |" for r in rows]
     table = "\n".join(lines) + "\n"
-    write_json(out / "study.json", {"config": cfg, "seeds": seeds, "summary": rows})
-    write_atomic(out / "study.md", f"# Study {cfg.get('name', '')}\n\nParadigm: ovdet (F-ViT on the frozen "
-                                   f"text-supervised CLIPs; novel classes unannotated in training).\n\n{table}")
-    if verbose:
-        print("\n" + table)
+    _write(out, cfg, {"seeds": seeds, "summary": rows}, table, verbose,
+           "ovdet (F-ViT on the frozen text-supervised CLIPs; novel classes unannotated in training)")
     return {"seeds": seeds, "summary": rows, "table": table}

@@ -6,28 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from lastvit.checkpoints import save_clip
 from lastvit.cli import main
-from lastvit.models.clip import CLIP
 from lastvit.study import OVDET_KEYS, run_ovdet_study, summarise_ovdet
 
 
-def _tiny_clips(cache, seed: int) -> None:
-    """The text-supervised twins the miniature would train, pre-placed in its cache (tiny and untrained)."""
-    for readout in ("cls", "lazystrike"):
-        torch.manual_seed(0)
-        clip = CLIP({"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2},
-                    {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}, 16,
-                    aggregator=readout)
-        save_clip(clip, cache / f"clip_{readout}_s{seed}_quick" / "model.pt")
-
-
-def test_demo_paradigm_ovdet_through_the_cli(tmp_path):
+def test_demo_paradigm_ovdet_through_the_cli(tmp_path, tiny_text_clips):
     out = tmp_path / "demo"
-    _tiny_clips(out / "cache", seed=2)
+    tiny_text_clips(out / "cache", seed=2)
     assert main(["demo", "--paradigm", "ovdet", "--quick", "--seed", "2", "--out", str(out), "--jobs", "1"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["readouts"]) == {"cls", "lazystrike"} and m["seed"] == 2

@@ -6,21 +6,14 @@ import json
 
 import torch
 
-from lastvit.checkpoints import save_clip
-from lastvit.models.clip import CLIP
 from lastvit.ovdet_miniature import NOVEL_FOLDS, run_ovdet_miniature
 
 torch.set_num_threads(1)
 
 
-def test_miniature_writes_metrics_per_readout_and_figure(tmp_path):
+def test_miniature_writes_metrics_per_readout_and_figure(tmp_path, tiny_text_clips):
     cache = tmp_path / "cache"
-    for readout in ("cls", "lazystrike"):
-        torch.manual_seed(0)
-        clip = CLIP({"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2},
-                    {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}, 16,
-                    aggregator=readout)
-        save_clip(clip, cache / f"clip_{readout}_s1_quick" / "model.pt")
+    tiny_text_clips(cache, seed=1)
     res = run_ovdet_miniature(tmp_path / "out", 1, quick=True, cache=cache, verbose=False,
                               overrides={"steps": 2, "train_images": 16, "test_images": 8, "batch": 4})
     assert set(res) == {"cls", "lazystrike"}

@@ -286,3 +286,25 @@ def test_fit_synthetic_end_to_end(tmp_path):
     assert m2["iterations"] == 4 and len(m2["epoch_loss"]) == 2
     assert m2["epoch_loss"][0] == pytest.approx(metrics["epoch_loss"][0])
     assert "eval" not in m2
+
+
+def test_train_reports_the_untrained_network_beside_every_probe_without_changing_training(tmp_path):
+    from lastvit.paradigms import untrained_model
+    from lastvit.train.dino import DINODataModule, evaluate_backbone
+
+    data = {"train_size": 16, "val_size": 8, "global_batch": 8, "synthetic": {"num_classes": 2}}
+    kw = dict(data=data, trainer={"max_epochs": 1, "progress_bar": False, "log_every": 1},
+              eval={"linear_epochs": 2, "knn_k": 4})
+    m = fit(_cfg(**kw), out_dir=tmp_path / "a")["metrics"]
+    assert {"knn_top1_untrained", "linear_top1_untrained"} <= set(m)
+    # the untrained numbers are the probes of the very network training starts from (same seed, same readout)
+    cfg = resolve_config(_cfg(**kw))
+    dm = DINODataModule(cfg)
+    dm.setup()
+    tr, va = dm.eval_loaders()
+    ref = evaluate_backbone(untrained_model(cfg).eval(), tr, va, cfg)
+    assert m["knn_top1_untrained"] == pytest.approx(ref["knn_top1"])
+    assert m["linear_top1_untrained"] == pytest.approx(ref["linear_top1"])
+    # probing before the first step leaves the training itself untouched
+    off = fit(_cfg(**{**kw, "eval": {"enabled": False}}), out_dir=tmp_path / "b")["metrics"]
+    assert off["epoch_loss"] == m["epoch_loss"]

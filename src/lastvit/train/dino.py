@@ -340,6 +340,7 @@ class DINOModule(L.LightningModule):
         self.schedules: dict[str, np.ndarray] = {}
         self.epoch_losses: list[float] = []
         self._sum, self._count = 0.0, 0
+        self.untrained: dict[str, Any] | None = None  # the teacher's kNN / linear probes before any step
 
     @property
     def teacher_backbone(self) -> LastViT:
@@ -370,6 +371,21 @@ class DINOModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.make_schedules(self.trainer.num_training_batches)
+        if self.untrained is None:  # once: a resumed run has them from its checkpoint
+            self.untrained = self._probe() if self.cfg["eval"]["enabled"] and self.trainer.is_global_zero else {}
+
+    def _probe(self) -> dict[str, Any]:
+        """The teacher's kNN / linear probes now, without touching the training's random streams."""
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is None:
+            return {}
+        dm.setup()
+        tr, va = dm.eval_loaders()
+        was_training = self.teacher.training
+        with torch.random.fork_rng(devices=[]):
+            res = evaluate_backbone(self.teacher_backbone.eval(), tr, va, self.cfg, device=self.device)
+        self.teacher.train(was_training)
+        return res
 
     def _sched(self, name: str, it: int) -> float:
         s = self.schedules[name]
@@ -443,10 +459,12 @@ class DINOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dino_epoch_losses"] = list(self.epoch_losses)
+        checkpoint["dino_untrained"] = self.untrained
         checkpoint["dino_epoch_sum"] = [float(self._sum), int(self._count)]  # the epoch in progress
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.epoch_losses = list(checkpoint.get("dino_epoch_losses", []))
+        self.untrained = checkpoint.get("dino_untrained")
         self._sum, self._count = checkpoint.get("dino_epoch_sum", [0.0, 0])
         self._sum, self._count = float(self._sum), int(self._count)
 
@@ -457,7 +475,7 @@ class DINOModule(L.LightningModule):
 
     def summary(self) -> dict[str, Any]:
         """Final metrics: epochs, iterations, per-epoch loss and, with ``eval.enabled``, the teacher's kNN / linear
-        probes (rank 0)."""
+        probes (rank 0) beside the same probes of the untrained network (``knn_top1_untrained`` ...)."""
         trainer = self._trainer
         epochs = int(trainer.current_epoch) if trainer is not None else len(self.epoch_losses)
         out: dict[str, Any] = {"task": "dino", "epochs": epochs, "iterations": int(self.global_step),
@@ -471,6 +489,12 @@ class DINOModule(L.LightningModule):
             out["knn_top1"] = out["eval"]["knn_top1"]
             if "linear_top1" in out["eval"]:
                 out["linear_top1"] = out["eval"]["linear_top1"]
+            # every self-supervised number beside the same network untrained (same seed, same readout)
+            before = self.untrained or {}
+            out["eval_untrained"] = before
+            for k in ("knn_top1", "linear_top1"):
+                if k in before:
+                    out[f"{k}_untrained"] = before[k]
         return out
 
 
