@@ -36,8 +36,9 @@ def tree(tmp_path_factory) -> Path:
 def _cmd(tree: Path, verb: str, out: Path, *extra: str) -> list[str]:
     common = ["--checkpoint", str(tree / "model.pt"), "--dataset", "synthetic", "--root", str(tree / "data"),
               "--out", str(out), "--no-progress", *extra]
-    args = ["analyze", "masking", "--batch-size", "4", *common] if verb == "analyze" else \
-        ["evaluate", "classify", *common]
+    # batch 1: a run long enough (hundreds of forward passes) to be interrupted mid-way even on a fast, idle machine
+    args = ["analyze", "masking", "--batch-size", "1", *common] if verb == "analyze" else \
+        ["evaluate", "classify", "--batch-size", "1", *common]
     return [sys.executable, "-m", "lastvit.cli", *args]
 
 
