@@ -46,12 +46,20 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
 
+def _default_signals() -> None:
+    """The child starts with the default SIGINT / SIGTERM dispositions, as from a shell: an ignored signal in the
+    test process (left by another test or by the runner) is inherited through exec and would make it deaf."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start_and_signal(cmd: list[str], out: Path, sig: int) -> subprocess.CompletedProcess:
     """Start ``cmd``, wait until it holds ``out``, let it run a moment and send ``sig``. On a machine fast enough
     to finish in that moment (or to be finishing when the signal lands), try again with a shorter moment (the last: at
     once, after the lock appears)."""
     for delay in (1.0, 0.3, 0.0):
-        p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_default_signals)
         try:
             lock = out / LOCK_NAME
             while not (lock.is_file() and lock.read_text().strip()):  # the run holds the folder: past parsing
