@@ -10,37 +10,16 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 import lastvit
 from lastvit.analysis import evaluate_pib, masking_probe
 
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def timeit_pair(fa, fb, device: str, repeats: int, clock: str = "wall") -> tuple[float, float]:
-    """Median times of ``fa`` and ``fb`` measured alternately (robust to load drift on a shared machine).
-    ``clock="cpu"`` uses this process's CPU time, less sensitive to other processes on an oversubscribed CPU."""
-    now = CLOCKS[clock]
-    fa(), fb()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, acc in ((fa, ta), (fb, tb)):
-            _sync(device)
-            t0 = now()
-            fn()
-            _sync(device)
-            acc.append(now() - t0)
-    return statistics.median(ta), statistics.median(tb)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CLOCKS, timeit_pair  # noqa: E402
 
 
 def main() -> None:
