@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 
@@ -14,8 +15,12 @@ torch.set_num_threads(1)
 def test_miniature_writes_metrics_per_readout_and_figure(tmp_path, tiny_text_clips):
     cache = tmp_path / "cache"
     tiny_text_clips(cache, seed=1)
-    res = run_ovdet_miniature(tmp_path / "out", 1, quick=True, cache=cache, verbose=False,
-                              overrides={"steps": 2, "train_images": 16, "test_images": 8, "batch": 4})
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = run_ovdet_miniature(tmp_path / "out", 1, quick=True, cache=cache, verbose=False,
+                                  overrides={"steps": 2, "train_images": 16, "test_images": 8, "batch": 4})
+    # the frozen CLIP is in eval mode by design: Lightning's warning about it is not shown
+    assert not [w for w in seen if "in eval mode" in str(w.message)]
     assert set(res) == {"cls", "lazystrike"}
     for readout in res:
         m = json.loads((tmp_path / "out" / readout / "metrics.json").read_text())

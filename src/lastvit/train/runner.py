@@ -218,7 +218,9 @@ def make_trainer(cfg: dict[str, Any], callbacks: list[Callback] | None = None) -
 #: step-based schedule, the loggers' folder) or internals: not the user's to act on
 _QUIET = (r".*does not have many workers.*", r".*num_workers.*", r".*The number of training batches.*",
           r".*weights_only.*", r".*Checkpoint directory .* exists.*", r".*predict_dataloader.*",
-          r".*`training_step` returned `None`.*", r".*LeafSpec.*")
+          r".*`training_step` returned `None`.*", r".*LeafSpec.*",
+          # the frozen parts (ovdet's CLIP, DINO's teacher) are in eval mode by design
+          r"Found \d+ module\(s\) in eval mode.*")
 
 
 #: Lightning's info lines that are not the user's business (hardware banner, advertisements, defaults we set)
