@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from lastvit.cli import main
+from lastvit.demo import ovdet_verdict
 from lastvit.study import OVDET_KEYS, run_ovdet_study, summarise_ovdet
 
 
@@ -46,3 +47,14 @@ def test_ovdet_study_summarises_every_seed_and_reuses_finished_ones(tmp_path):
 def test_summarise_ovdet_keeps_a_missing_number_as_nan():
     rows = summarise_ovdet({0: {"cls": {"novel_ap50": None}}})
     assert rows[0]["novel_ap50"][0] != rows[0]["novel_ap50"][0]  # nan, not 0
+
+
+def test_ovdet_verdict_names_the_readouts_near_chance():
+    chance = 1 / 6
+    acc = lambda *v: {r: {"oracle_box_accuracy": a} for r, a in zip(("cls", "lazystrike"), v)}
+    assert ovdet_verdict(acc(0.40, 0.48), chance) == ""
+    one = ovdet_verdict(acc(0.241, 0.48), chance)  # 24.1% < 2 x 16.7%: only the CLS branch
+    assert one.startswith("The frozen CLIP branch of cls is near chance") and "cls 24.1%" in one
+    assert "lazystrike 48.0%" in one and "WEAK" not in one
+    both = ovdet_verdict(acc(0.20, 0.30), chance)
+    assert both.startswith("THE COMPARISON IS WEAK") and "cls 20.0%, lazystrike 30.0%" in both
