@@ -305,10 +305,11 @@ def run_demo(out: str | Path = "runs/demo", *, paradigm: str = "label", quick: b
             print(f"\n{table}\nall paradigms: {time.time() - t0:.0f} s; reports in {out}/<paradigm>/report.html")
         return {"paradigms": parts, "table": table}
     if paradigm == "ovdet":
-        if overrides:
-            raise ValueError("--paradigm ovdet takes no recipe overrides (its settings are "
-                             "lastvit.ovdet_miniature.MINI_RECIPE / MINI_DETECTOR)")
-        return run_ovdet_demo(Path(out), quick=quick, seed=seed, verbose=verbose, jobs=jobs, threads=threads)
+        ov = dict(overrides or {})
+        if test_images is not None:
+            ov["test_images"] = int(test_images)
+        return run_ovdet_demo(Path(out), quick=quick, seed=seed, verbose=verbose, jobs=jobs, threads=threads,
+                              overrides=ov or None)
     if paradigm not in PARADIGMS:
         raise ValueError(f"unknown paradigm {paradigm!r}; expected one of {', '.join(PARADIGMS)}, ovdet or 'all'")
     return _run_paradigm(Path(out), paradigm, quick=quick, seed=seed, test_images=test_images,
@@ -461,17 +462,19 @@ def ovdet_verdict(res: dict[str, dict[str, Any]], chance: float) -> str:
 
 
 def run_ovdet_demo(out: Path, *, quick: bool = False, seed: int = 0, verbose: bool = True, jobs: int | None = None,
-                   threads: int | None = None) -> dict[str, Any]:
+                   threads: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Paper Table 5 in miniature (:mod:`lastvit.ovdet_miniature`): F-ViT on the frozen CLS and LazyStrike tiny
     CLIPs of the text paradigm; ``out/metrics.json`` (per readout: novel / base AP50, novel mask AP, novel RPN recall,
     oracle-box accuracy), ``out/detections.png`` and ``out/report.md``. The CLIPs and the data are cached in
-    ``out/cache``."""
+    ``out/cache``. ``overrides``: the miniature's keys (``steps``, ``train_images``, ``test_images``, ``batch``,
+    ``lr``, ``warmup``) and ``detector.<key>`` (:data:`lastvit.ovdet_miniature.MINI_DETECTOR`); the report lists
+    them."""
     from lastvit.ovdet_miniature import run_ovdet_miniature
 
     n_jobs, n_threads = plan_jobs(2, jobs, threads)
     t0 = time.time()
     res = run_ovdet_miniature(out, seed, quick=quick, cache=out / "cache", workers=n_jobs, threads=n_threads or 1,
-                              verbose=verbose)
+                              overrides=overrides, verbose=verbose)
     first = next(iter(res.values()))
     chance = 1.0 / (len(first["novel_classes"]) + len(first["base_classes"]))  # a random guess over every name
     lines = ["| readout of the frozen CLIP | " + " | ".join(f"{v} (%)" for v in OVDET_KEYS.values()) + " |",
@@ -486,7 +489,9 @@ def run_ovdet_demo(out: Path, *, quick: bool = False, seed: int = 0, verbose: bo
             f"{100 * float(c['novel_ap50']):.1f}% (CLS) vs {100 * float(z['novel_ap50']):.1f}% (LazyStrike); "
             f"oracle-box chance is {100 * chance:.1f}%. {verdict} One seed of a miniature: docs/RESULTS.md has the "
             f"seeds that were run. Paper Table 5 (OV-COCO novel AP50, ViT-B/16): 17.5 -> 33.3.\n\n"
-            f"![detections](detections.png)\n\nElapsed: {time.time() - t0:.0f} s.\n")
+            + (f"Overrides of the miniature's settings: {', '.join(f'{k}={v}' for k, v in overrides.items())}.\n\n"
+               if overrides else "")
+            + f"![detections](detections.png)\n\nElapsed: {time.time() - t0:.0f} s.\n")
     write_atomic(out / "report.md", text)
     if verbose:
         print(text)

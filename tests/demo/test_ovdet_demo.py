@@ -58,3 +58,31 @@ def test_ovdet_verdict_names_the_readouts_near_chance():
     assert "lazystrike 48.0%" in one and "WEAK" not in one
     both = ovdet_verdict(acc(0.20, 0.30), chance)
     assert both.startswith("THE COMPARISON IS WEAK") and "cls 20.0%, lazystrike 30.0%" in both
+
+
+def test_demo_ovdet_passes_overrides_and_test_images_to_the_miniature(tmp_path, monkeypatch):
+    import lastvit.ovdet_miniature as mini
+
+    seen = {}
+
+    def fake(out, seed, **kw):
+        seen.update(kw, seed=seed)
+        m = {k: 0.5 for k in OVDET_KEYS} | {"novel_classes": ["ring", "star"],
+                                              "base_classes": ["disk", "square", "triangle", "cross"]}
+        return {"cls": m, "lazystrike": m}
+
+    monkeypatch.setattr(mini, "run_ovdet_miniature", fake)
+    out = tmp_path / "d"
+    argv = ["demo", "--paradigm", "ovdet", "--seed", "1", "--test-images", "7", "--out", str(out), "--jobs", "1",
+            "steps=3", "detector.fpn_dim=16"]
+    assert main(argv) == 0
+    assert seen["overrides"] == {"steps": 3, "detector.fpn_dim": 16, "test_images": 7} and seen["seed"] == 1
+    assert "Overrides of the miniature's settings: steps=3, detector.fpn_dim=16, test_images=7." in (
+        out / "report.md").read_text()
+
+
+def test_demo_ovdet_rejects_an_unknown_setting_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--paradigm", "ovdet", "--quick", "--out", str(tmp_path / "d"), "bogus=1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown miniature override 'bogus'" in err[0] and "detector.<key>" in err[0]
+    assert not list((tmp_path / "d").glob("cache/data_*"))  # refused before any data is written

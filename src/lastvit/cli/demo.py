@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a short run (the recipe's quick variant: fewer steps and "
                                                         "images; its time is measured and printed like the full run's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-images", type=int, default=None, help="held-out images to evaluate (default 1000)")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="held-out images to evaluate (default 1000, 256 with --quick; ovdet: 500, 32 with --quick)")
     p.add_argument("--jobs", type=int, default=None,
                    help="twins trained at once, each in its own process (default: one per twin, at most one per "
                         "core, OMP_NUM_THREADS capping the cores; 1 trains them in turn in this process)")
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads per run (default: cores // jobs when parallel, torch's own setting with one "
                         "job); a run's numbers depend on this count, not on --jobs")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="recipe overrides, e.g. trainer.max_steps=500 model.name=vit_mini_patch8_64")
+                   help="recipe overrides, e.g. trainer.max_steps=500 model.name=vit_mini_patch8_64; for ovdet "
+                        "the miniature's settings, e.g. steps=300 train_images=1000 detector.fpn_dim=64")
     p.set_defaults(func=_run)
 
 
