@@ -195,6 +195,12 @@ def run_ovdet_miniature(out: str | os.PathLike, seed: int = 0, *, readouts: tupl
             rec[k] = v
         else:
             raise ValueError(f"unknown miniature override {k!r}; known: {sorted(rec)} and detector.<key>")
+    from lastvit.detection.model import DETECTOR_DEFAULTS
+
+    unknown = sorted(set(det) - set(DETECTOR_DEFAULTS))
+    if unknown:  # refused here, not after the CLIPs have trained
+        raise ValueError(f"unknown miniature override detector.{unknown[0]}; the detector's keys: "
+                         f"{', '.join(sorted(DETECTOR_DEFAULTS))}")
     dcfg = _data_config(seed)
     novel_names = list(NOVEL_FOLDS[seed % len(NOVEL_FOLDS)])
     base_names = [n for n in dcfg.classes if n not in novel_names]

@@ -86,3 +86,7 @@ def test_demo_ovdet_rejects_an_unknown_setting_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown miniature override 'bogus'" in err[0] and "detector.<key>" in err[0]
     assert not list((tmp_path / "d").glob("cache/data_*"))  # refused before any data is written
+    assert main(["demo", "--paradigm", "ovdet", "--quick", "--out", str(tmp_path / "e"), "detector.fpn_dims=8"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "detector.fpn_dims" in err[0] and "fpn_dim," in err[0]
+    assert not list((tmp_path / "e").glob("cache/*"))
