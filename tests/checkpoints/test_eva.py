@@ -142,7 +142,10 @@ def test_heads_guess_and_default_rope_are_reported(tmp_path, eva_clip):
 
 def _baai_state_dict(ref) -> dict[str, torch.Tensor]:
     """The tiny open_clip EVA02 CLIP under BAAI EVA-CLIP's names (the inverse of timm's checkpoint_filter_fn map),
-    with the rotary sin/cos tables BAAI files carry."""
+    with the rotary sin/cos tables BAAI files carry. The text tower keeps open_clip's names: BAAI's CustomCLIP holds
+    it as ``text.`` (TextTransformer: token_embedding, positional_embedding, transformer.resblocks.N.{ln_1, attn.
+    in_proj_weight/in_proj_bias/out_proj, ln_2, mlp.c_fc/c_proj}, ln_final, text_projection; its attn_mask buffer is
+    not saved), read in baaivision/EVA, EVA-CLIP/rei/eva_clip/transformer.py."""
     inverse = (("attn.norm.", "attn.inner_attn_ln."), ("mlp.norm.", "mlp.ffn_ln."), ("mlp.fc1_g.", "mlp.w1."),
                ("mlp.fc1_x.", "mlp.w2."), ("mlp.fc2.", "mlp.w3."), ("attn.q_proj.bias", "attn.q_bias"),
                ("attn.v_proj.bias", "attn.v_bias"))
