@@ -1,8 +1,9 @@
 """Downstream evaluations of a study's models on the embedded benchmark (docs/RESULTS.md, issue: evaluations).
 
 For every run of a ``lastvit study`` output folder, writes the run's held-out split to disk as a synthetic tree
-(the packaged ``synthetic_demo`` benchmark with the run's seed: the images the study evaluated) and runs, with the
-library's own functions (``lastvit.evaluate``), on the first ``--images`` test images:
+(the benchmark the run was trained on, ``data.synthetic`` of the config in its ``metrics.json``, with the run's
+seed: the images the study evaluated; ``synthetic_demo`` for a run whose file names none, said on the console) and
+runs, with the library's own functions (``lastvit.evaluate``), on the first ``--images`` test images:
 
 * object discovery (:func:`lastvit.evaluate.discover`): the LazyStrike rule (top patch's component and largest
   component) and LOST -> CorLoc;
@@ -16,7 +17,10 @@ Each evaluation writes ``metrics.json`` and ``per_image.csv`` under ``<run>/down
 Then prints and writes ``downstream.md`` / ``downstream.json`` (mean ± std over seeds per readout) into the study
 folder. Usage::
 
-    .venv/bin/python scripts/downstream_synthetic.py --study runs/study [--images 500]
+    .venv/bin/python scripts/downstream_synthetic.py --study runs/study [--images 500] [--untrained]
+
+``--untrained`` adds, for every run, the same evaluations of its network before training (rebuilt from the run's
+recipe and seed, :func:`lastvit.paradigms.untrained_model`): the baseline each learned number stands beside.
 """
 
 from __future__ import annotations
@@ -34,14 +38,31 @@ from lastvit.io import atomic_write, write_csv, write_json
 TEMPLATES = ["a {}", "a small {}", "a medium {}", "a large {}"]  # the text recipe's training prompts
 
 
-def _tree(study: Path, seed: int, images: int) -> Path:
-    from lastvit.data import SyntheticConfig, SyntheticDataset, write_imagefolder
+def benchmark_of(run_dir: Path, seed: int) -> dict[str, Any]:
+    """The synthetic benchmark a run was trained on: ``config.data.synthetic`` of its ``metrics.json`` (the expanded
+    definition, seed included), else the packaged ``synthetic_demo`` with ``seed`` (said on the console)."""
     from lastvit.recipes import load_benchmark
 
-    root = study / "_trees" / f"seed{seed}"
+    path = run_dir / "metrics.json"
+    cfg = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+    syn = cfg.get("data", {}).get("synthetic") if isinstance(cfg.get("data"), dict) else None
+    if isinstance(syn, dict):
+        return {**syn, "seed": int(syn.get("seed", seed))}
+    print(f"{path}: no data.synthetic in the run's config; using the packaged synthetic_demo benchmark, seed {seed}",
+          flush=True)
+    return {**load_benchmark("synthetic_demo"), "seed": seed}
+
+
+def _tree(study: Path, bench: dict[str, Any], images: int) -> Path:
+    """The held-out split of ``bench`` on disk, written once per benchmark definition under ``study/_trees``."""
+    import hashlib
+
+    from lastvit.data import SyntheticConfig, SyntheticDataset, write_imagefolder
+
+    key = hashlib.sha256(json.dumps(bench, sort_keys=True).encode()).hexdigest()[:10]
+    root = study / "_trees" / f"seed{bench['seed']}_{key}"
     if not (root / "classes.txt").is_file():
-        write_imagefolder(SyntheticDataset(SyntheticConfig(**load_benchmark("synthetic_demo"), seed=seed), "test",
-                                           size=images), root)
+        write_imagefolder(SyntheticDataset(SyntheticConfig(**bench), "test", size=images), root)
     return root
 
 
@@ -71,16 +92,32 @@ def _once(out: Path, compute) -> dict:
     return metrics
 
 
-def evaluate_run(run_dir: Path, rec: dict, tree: Path, images: int) -> dict[str, float]:
+def _untrained(run_dir: Path) -> torch.nn.Module:
+    """The network the run's training started from (its recipe, seed and readout; before the first step)."""
+    from lastvit.paradigms import untrained_model
+
+    path = run_dir / "metrics.json"
+    cfg = json.loads(path.read_text()).get("config") if path.is_file() else None
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"{path}: no training config in the run's metrics.json; --untrained needs it")
+    return untrained_model(cfg)
+
+
+def evaluate_run(run_dir: Path, rec: dict, tree: Path, images: int, untrained: bool = False) -> dict[str, float]:
+    """The downstream numbers of one run (``untrained``: of the same network before training), cached per
+    evaluation under ``<run>/downstream`` (``downstream_untrained``)."""
     from lastvit import create_model
     from lastvit.evaluate import ZeroShotSegConfig, discover, evaluate_coarse_seg, evaluate_zeroshot_seg
 
-    ckpt = run_dir / "model.pt"  # every task writes model.pt (text: the whole CLIP; self: the teacher backbone)
-    if not ckpt.is_file():
-        raise SystemExit(f"{ckpt}: the run's checkpoint is missing")
-    model = create_model(checkpoint=str(ckpt)).eval()
+    if untrained:
+        model = _untrained(run_dir).eval()
+    else:
+        ckpt = run_dir / "model.pt"  # every task writes model.pt (text: the whole CLIP; self: the teacher backbone)
+        if not ckpt.is_file():
+            raise SystemExit(f"{ckpt}: the run's checkpoint is missing")
+        model = create_model(checkpoint=str(ckpt)).eval()
     vit = model.visual if hasattr(model, "visual") and not hasattr(model, "forward_tokens") else model
-    ev = run_dir / "downstream"
+    ev = run_dir / ("downstream_untrained" if untrained else "downstream")
     methods = ["lazystrike", "lazystrike-largest", "lost"]
 
     def discovery():
@@ -115,16 +152,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", required=True, type=Path, help="a `lastvit study` output folder")
     ap.add_argument("--images", type=int, default=500, help="test images per seed")
+    ap.add_argument("--untrained", action="store_true",
+                    help="also evaluate each run's network before training (its recipe, seed and readout): the "
+                         "baseline rows '<variant>/<readout> (untrained)'")
     args = ap.parse_args()
     study = json.loads((args.study / "study.json").read_text())
     rows: dict[str, list[dict]] = {}
     for rec in study["runs"]:
         run_dir = args.study / rec["variant"] / f"{rec['readout']}_seed{rec['seed']}"
-        tree = _tree(args.study, int(rec["seed"]), args.images)
-        res = evaluate_run(run_dir, rec, tree, args.images)
-        print(f"{rec['readout']} seed {rec['seed']}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()),
-              flush=True)
-        rows.setdefault(f"{rec['variant']}/{rec['readout']}", []).append({"seed": rec["seed"], **res})
+        tree = _tree(args.study, benchmark_of(run_dir, int(rec["seed"])), args.images)
+        for untrained in (False, True) if args.untrained else (False,):
+            res = evaluate_run(run_dir, rec, tree, args.images, untrained=untrained)
+            tag = " (untrained)" if untrained else ""
+            print(f"{rec['readout']}{tag} seed {rec['seed']}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()),
+                  flush=True)
+            rows.setdefault(f"{rec['variant']}/{rec['readout']}{tag}", []).append({"seed": rec["seed"], **res})
     summary = {}
     for name, rs in rows.items():
         summary[name] = {k: (statistics.fmean(r[k] for r in rs), statistics.stdev(r[k] for r in rs)
