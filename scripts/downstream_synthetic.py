@@ -38,18 +38,24 @@ from lastvit.io import atomic_write, write_csv, write_json
 TEMPLATES = ["a {}", "a small {}", "a medium {}", "a large {}"]  # the text recipe's training prompts
 
 
+def _run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The training config a run recorded in its ``metrics.json`` (None when there is none)."""
+    path = run_dir / "metrics.json"
+    cfg = json.loads(path.read_text()).get("config") if path.is_file() else None
+    return cfg if isinstance(cfg, dict) else None
+
+
 def benchmark_of(run_dir: Path, seed: int) -> dict[str, Any]:
     """The synthetic benchmark a run was trained on: ``config.data.synthetic`` of its ``metrics.json`` (the expanded
     definition, seed included), else the packaged ``synthetic_demo`` with ``seed`` (said on the console)."""
     from lastvit.recipes import load_benchmark
 
-    path = run_dir / "metrics.json"
-    cfg = json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
-    syn = cfg.get("data", {}).get("synthetic") if isinstance(cfg.get("data"), dict) else None
+    data = (_run_config(run_dir) or {}).get("data")
+    syn = data.get("synthetic") if isinstance(data, dict) else None
     if isinstance(syn, dict):
         return {**syn, "seed": int(syn.get("seed", seed))}
-    print(f"{path}: no data.synthetic in the run's config; using the packaged synthetic_demo benchmark, seed {seed}",
-          flush=True)
+    print(f"{run_dir / 'metrics.json'}: no data.synthetic in the run's config; using the packaged synthetic_demo "
+          f"benchmark, seed {seed}", flush=True)
     return {**load_benchmark("synthetic_demo"), "seed": seed}
 
 
@@ -96,10 +102,10 @@ def _untrained(run_dir: Path) -> torch.nn.Module:
     """The network the run's training started from (its recipe, seed and readout; before the first step)."""
     from lastvit.paradigms import untrained_model
 
-    path = run_dir / "metrics.json"
-    cfg = json.loads(path.read_text()).get("config") if path.is_file() else None
-    if not isinstance(cfg, dict):
-        raise SystemExit(f"{path}: no training config in the run's metrics.json; --untrained needs it")
+    cfg = _run_config(run_dir)
+    if cfg is None:
+        raise SystemExit(f"{run_dir / 'metrics.json'}: no training config in the run's metrics.json; --untrained "
+                         f"needs it")
     return untrained_model(cfg)
 
 

@@ -451,14 +451,14 @@ def ovdet_verdict(res: dict[str, dict[str, Any]], chance: float) -> str:
     near = [r for r, m in res.items() if float(m["oracle_box_accuracy"]) < 2 * chance]
     if not near:
         return ""
-    acc = ", ".join(f"{r} {100 * float(res[r]['oracle_box_accuracy']):.1f}%" for r in near)
+    accs = lambda rs: ", ".join(f"{r} {100 * float(res[r]['oracle_box_accuracy']):.1f}%" for r in rs)
     if len(near) == len(res):
         return (f"THE COMPARISON IS WEAK: the frozen CLIP branch of every readout is near chance on novel "
-                f"ground-truth boxes ({acc}; chance {100 * chance:.1f}%), so neither dense map knows the novel "
+                f"ground-truth boxes ({accs(near)}; chance {100 * chance:.1f}%), so neither dense map knows the novel "
                 f"classes.")
-    rest = ", ".join(f"{r} {100 * float(m['oracle_box_accuracy']):.1f}%" for r, m in res.items() if r not in near)
-    return (f"The frozen CLIP branch of {', '.join(near)} is near chance on novel ground-truth boxes ({acc}; "
-            f"chance {100 * chance:.1f}%): its dense map hardly knows the novel classes; above twice chance: {rest}.")
+    return (f"The frozen CLIP branch of {', '.join(near)} is near chance on novel ground-truth boxes ({accs(near)}; "
+            f"chance {100 * chance:.1f}%): its dense map hardly knows the novel classes; above twice chance: "
+            f"{accs([r for r in res if r not in near])}.")
 
 
 def run_ovdet_demo(out: Path, *, quick: bool = False, seed: int = 0, verbose: bool = True, jobs: int | None = None,
